@@ -1,0 +1,43 @@
+# Bootstraps .venv on first use: CPU torch pinned FIRST (an unpinned torch pulls a multi-GB CUDA
+# build), then the project with its dev extras. Re-running skips what is already done.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+
+.PHONY: test test-fast lab serve bench clean-venv browser-deps
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian chromium for the browser tests (Playwright cannot download its own browser here).
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test: $(STAMP) browser-deps
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra -m "not browser and not slow"
+
+lab: $(STAMP)
+	$(BIN)/worldlab lab
+
+serve: $(STAMP)
+	$(BIN)/worldlab serve
+
+bench: $(STAMP)
+	$(BIN)/python -m worldlab.kernels.bench
+
+clean-venv:
+	rm -rf $(VENV)
