@@ -49,5 +49,5 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, pts: torch.Tensor, dt
     codes = unpack_codes(packed)  # (..., K)
     vals = e2m1_lut(packed.device)[codes.long()]
     s = e4m3_lut(packed.device)[scales.long()]  # (..., K/16)
-    vals = vals.reshape(*vals.shape[:-1], -1, BLOCK) * s.unsqueeze(-1)
-    return (vals * pts.to(torch.float32)).flatten(-2).to(dtype)
+    vals = (vals.reshape(*vals.shape[:-1], -1, BLOCK) * s.unsqueeze(-1)).flatten(-2)
+    return (vals * pts.to(torch.float32)).to(dtype)

@@ -1,0 +1,155 @@
+"""KV storage with StreamingLLM/LongLive policy: `sink` first frames forever + a ring of `window` frames.
+
+Compression happens on write (quantize the appended frame); scales are per (batch, head, frame) so a
+frame is quantized once and never touched again. kv_bytes() counts every byte actually allocated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from worldlab.kernels.dispatch import backend
+from worldlab.kernels.errors import check_finite, check_float
+from worldlab.kernels.nvfp4 import reference as nvfp4_ref
+from worldlab.kernels.nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, e2m1_lut, e4m3_lut
+
+KINDS = ("none", "fp8", "nvfp4")
+
+
+def alibi_ages(q_frames: torch.Tensor, k_frames: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Frame age used for the ALiBi bias; sink frames sit right before the window once the stream is long."""
+    age = q_frames - k_frames
+    sink_age = torch.minimum(age, sink + window - 1 - k_frames)
+    return torch.where(k_frames < sink, sink_age, age)
+
+
+class KVCache:
+    """Per-layer cache for (B, H, T, D) frame blocks; T tokens per frame, D a multiple of 16."""
+
+    def __init__(self, kind: str, *, batch: int, heads: int, head_dim: int, tokens_per_frame: int,
+                 sink: int, window: int, device="cpu", dtype=torch.float32):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        for name, v, lo in (("batch", batch, 1), ("heads", heads, 1), ("head_dim", head_dim, 16),
+                            ("tokens_per_frame", tokens_per_frame, 1), ("sink", sink, 0), ("window", window, 1)):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if head_dim % BLOCK:
+            raise ValueError(f"head_dim must be a multiple of {BLOCK}, got {head_dim}")
+        self.kind, self.B, self.H, self.D, self.T = kind, batch, heads, head_dim, tokens_per_frame
+        self.sink, self.window = sink, window
+        self.n_slots = sink + window
+        self.device = torch.device(device)
+        self.dtype = dtype
+        shape = (batch, heads, self.n_slots, tokens_per_frame)
+        self.frame_id = torch.full((self.n_slots,), -1, dtype=torch.int64, device=self.device)
+        self.store = {}
+        for name in ("k", "v"):
+            if kind == "none":
+                self.store[name] = (torch.zeros(*shape, head_dim, dtype=dtype, device=self.device),)
+            elif kind == "fp8":
+                self.store[name] = (torch.zeros(*shape, head_dim, dtype=torch.uint8, device=self.device),
+                                    torch.ones(shape[:3], dtype=torch.float32, device=self.device))
+            else:
+                self.store[name] = (torch.zeros(*shape, head_dim // 2, dtype=torch.uint8, device=self.device),
+                                    torch.full((*shape, head_dim // BLOCK), 0x08, dtype=torch.uint8, device=self.device),
+                                    torch.ones(shape[:3], dtype=torch.float32, device=self.device))
+        self.last_frame = -1
+
+    # -- writing -------------------------------------------------------------------------------
+    def slot_for(self, frame: int) -> int:
+        return frame if frame < self.sink else self.sink + (frame - self.sink) % self.window
+
+    def append_frame(self, k: torch.Tensor, v: torch.Tensor, frame_id: int | None = None) -> int:
+        """Store one frame block k, v: (B, H, T, D); returns the slot written. Frame ids must increase."""
+        expected = (self.B, self.H, self.T, self.D)
+        for name, t in (("k", k), ("v", v)):
+            check_float(name, t, min_dim=4)
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name} must have shape {expected} (B, H, T, D), got {tuple(t.shape)}")
+            check_finite(name, t)
+        frame = self.last_frame + 1 if frame_id is None else int(frame_id)
+        if frame <= self.last_frame:
+            raise ValueError(f"frame_id must increase: got {frame} after {self.last_frame}")
+        slot = self.slot_for(frame)
+        for name, t in (("k", k), ("v", v)):
+            self._write(self.store[name], slot, t.detach())
+        self.frame_id[slot] = frame
+        self.last_frame = frame
+        return slot
+
+    def _write(self, buf, slot: int, x: torch.Tensor) -> None:
+        x = x.to(self.device, torch.float32)
+        if self.kind == "none":
+            buf[0][:, :, slot] = x.to(self.dtype)
+            return
+        amax = x.abs().amax(dim=(-2, -1))  # (B, H): one scale per head per frame
+        if self.kind == "fp8":
+            scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+            q = torch.clamp(x * (1.0 / scale)[..., None, None], -E4M3_MAX, E4M3_MAX)
+            buf[0][:, :, slot] = q.to(torch.float8_e4m3fn).view(torch.uint8)
+            buf[1][:, :, slot] = scale
+            return
+        pts = torch.where(amax > 0, amax / (E2M1_MAX * E4M3_MAX), torch.ones_like(amax))
+        packed, scales = nvfp4_ref.quantize(x, pts[..., None, None])
+        buf[0][:, :, slot] = packed
+        buf[1][:, :, slot] = scales
+        buf[2][:, :, slot] = pts
+
+    # -- reading -------------------------------------------------------------------------------
+    def frame_ids(self) -> list[int]:
+        """Ids of the stored frames, oldest first."""
+        return sorted(int(f) for f in self.frame_id.tolist() if f >= 0)
+
+    def decoded(self, name: str) -> torch.Tensor:
+        """(B, H, n_slots, T, D) fp32 decode of one side; the reference path and tests use it."""
+        buf = self.store[name]
+        if self.kind == "none":
+            return buf[0].to(torch.float32)
+        if self.kind == "fp8":
+            return e4m3_lut(self.device)[buf[0].long()] * buf[1][..., None, None]
+        return nvfp4_ref.dequantize(buf[0], buf[1], buf[2][..., None, None])
+
+    def slot_bias(self, q_frame: int, slopes: torch.Tensor | None) -> torch.Tensor:
+        """(H, n_slots) additive bias: -slope * age, -inf for empty slots."""
+        valid = self.frame_id >= 0
+        bias = torch.zeros((self.H, self.n_slots), dtype=torch.float32, device=self.device)
+        if slopes is not None:
+            age = alibi_ages(torch.tensor(q_frame, device=self.device), self.frame_id, self.sink, self.window)
+            bias = -slopes.to(self.device, torch.float32)[:, None] * age.to(torch.float32)[None, :]
+        return bias.masked_fill(~valid[None, :], float("-inf"))
+
+    def attend(self, q: torch.Tensor, q_frame: int | None = None, slopes: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(D) - slope * age) v over every cached frame; q: (B, H, Tq, D)."""
+        check_float("q", q, min_dim=4)
+        if q.shape[0] != self.B or q.shape[1] != self.H or q.shape[3] != self.D:
+            raise ValueError(f"q must have shape ({self.B}, {self.H}, Tq, {self.D}), got {tuple(q.shape)}")
+        if self.last_frame < 0:
+            raise ValueError("attend on an empty cache: append a frame first")
+        if slopes is not None and tuple(slopes.shape) != (self.H,):
+            raise ValueError(f"slopes must have shape ({self.H},), got {tuple(slopes.shape)}")
+        q_frame = self.last_frame if q_frame is None else int(q_frame)
+        if backend(q) == "triton":
+            from worldlab.kernels.kv_cache import triton_kernels as impl
+        else:
+            from worldlab.kernels.kv_cache import reference as impl
+        return impl.attend(self, q.to(torch.float32), q_frame, slopes)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.frame_id.fill_(-1)
+        self.last_frame = -1
+
+    def kv_bytes(self) -> int:
+        """Bytes allocated for K and V (codes, scales, per-frame scales) plus the frame index."""
+        n = self.frame_id.numel() * self.frame_id.element_size()
+        for buf in self.store.values():
+            n += sum(t.numel() * t.element_size() for t in buf)
+        return n
+
+    def elements(self) -> int:
+        return 2 * self.B * self.H * self.n_slots * self.T * self.D
+
+
+def make_kv_cache(kind: str, **kwargs) -> KVCache:
+    return KVCache(kind, **kwargs)
