@@ -1,0 +1,34 @@
+"""The `worldlab` console script: help lists the commands, none says "not implemented", bench prints JSON."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "worldlab.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands_and_nothing_is_a_stub():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "kernels-bench" in out.stdout
+    from worldlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        help_text = run(name, "--help")
+        assert help_text.returncode == 0, name
+        assert "not implemented" not in (help_text.stdout + help_text.stderr).lower()
+
+
+def test_kernel_bench_json_reports_storage_and_accuracy():
+    out = run("kernels-bench", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["storage"]["nvfp4"]["ratio_vs_bf16"] <= 0.29
+    assert res["accuracy"]["round_trip_sqnr_db"]["nvfp4"] >= 20.0
+    assert res["accuracy"]["matmul_sqnr_db"]["gauss"]["w4a4:plain"] >= 16.0
+    assert res["accuracy"]["matmul_sqnr_db"]["heavy"]["w4a4:smooth0.5+lowrank32"] >= 24.0
+    if res["device"] == "cpu":
+        assert "needs CUDA" in res["speed"]["skipped"]
