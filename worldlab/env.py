@@ -184,6 +184,19 @@ def locate_agent(frame: np.ndarray, theme: str, tol: int = 60) -> tuple[float, f
     return float(xs.mean()), float(ys.mean())
 
 
+def palette(theme: str) -> np.ndarray:
+    """(6, 3) uint8: every color the theme can draw."""
+    t = _BY_NAME[theme]
+    return np.array([*t.background, t.occluder, t.agent, *t.objects], dtype=np.uint8)
+
+
+def snap_to_palette(frame: np.ndarray, theme: str) -> np.ndarray:
+    """Replace each pixel by the nearest theme color: a clean anchor frame for drift correction."""
+    pal = palette(theme).astype(np.int32)
+    d = ((frame.astype(np.int32)[..., None, :] - pal) ** 2).sum(-1)  # (H, W, 6)
+    return pal[d.argmin(-1)].astype(np.uint8)
+
+
 def random_actions(n: int, seed: int, hold: tuple[int, int] = (2, 8)) -> list[tuple[str, ...]]:
     """A human-like action sequence: each action held for a few frames."""
     rng = np.random.default_rng(seed + 1_000_003)

@@ -1,8 +1,42 @@
 """World models: the protocol the engine drives and the in-project block-causal transformer.
 
-See protocol.py for the contract; presets live in worldlab.config.
+`load_model(...)` builds a WorldModel from a checkpoint (default: the shipped tiny one);
+`start_session(model, prompt, seed)` prefills a session with ground-truth frames of the environment.
 """
+
+from __future__ import annotations
 
 from worldlab.model.protocol import KEYS, WorldModel
 
-__all__ = ["KEYS", "WorldModel"]
+__all__ = ["KEYS", "WorldModel", "load_model", "start_session", "CONTEXT_FRAMES"]
+
+CONTEXT_FRAMES = 8
+
+
+def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu", anchor_every=0):
+    """A TransformerWorldModel with the three research toggles applied (weights, kv, window)."""
+    from worldlab.model import checkpoint as ckpt
+    from worldlab.model.quantize import WEIGHTS, quantize_model
+    from worldlab.model.world_model import TransformerWorldModel
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    net, calib, _extra, digest = ckpt.load(checkpoint, device=device)
+    if weights != "fp32":
+        if not calib:
+            raise ValueError("checkpoint has no activation calibration; it cannot be quantized")
+        quantize_model(net, weights, calib)
+    return TransformerWorldModel(net, net.cfg, weights=weights, kv=kv, window=window, device=device,
+                                 checkpoint_hash=digest, anchor_every=anchor_every)
+
+
+def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):
+    """A fresh session prefilled with `context` ground-truth frames of World(seed, theme of prompt)."""
+    from worldlab import env
+
+    if context < 2:
+        raise ValueError(f"context must be >= 2 frames, got {context}")
+    state = model.init_state(prompt)
+    actions = env.random_actions(context - 1, seed)
+    model.prefill(state, env.rollout(seed, env.theme_for_prompt(prompt), actions), actions)
+    return state

@@ -1,0 +1,70 @@
+"""Checkpoints as safetensors: weights, activation calibration (for W4A4/W8A8) and the config in metadata.
+
+Loading checks every tensor's name and shape against the config and names the first mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from worldlab.config import ModelConfig
+from worldlab.model.transformer import WorldTransformer
+
+SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny.safetensors"
+CALIB_PREFIX = "calib."
+
+
+def save(path, net: WorldTransformer, calib: dict[str, torch.Tensor], extra: dict | None = None) -> str:
+    tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    tensors.update({CALIB_PREFIX + k: v.contiguous() for k, v in calib.items()})
+    meta = {"config": json.dumps(net.cfg.to_dict()), "extra": json.dumps(extra or {})}
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return file_hash(path)
+
+
+def file_hash(path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def load(path=None, device="cpu") -> tuple[WorldTransformer, dict[str, torch.Tensor], dict, str]:
+    """-> (net, calibration, extra metadata, sha256 prefix). Raises ValueError/FileNotFoundError clearly."""
+    path = pathlib.Path(path) if path is not None else SHIPPED
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        meta = read_metadata(path)
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
+        raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    if "config" not in meta:
+        raise ValueError(f"checkpoint {path} has no worldlab config in its metadata")
+    cfg = ModelConfig(**json.loads(meta["config"]))
+    net = WorldTransformer(cfg).to(device)
+    want = net.state_dict()
+    weights = {k: v for k, v in tensors.items() if not k.startswith(CALIB_PREFIX)}
+    missing = sorted(set(want) - set(weights))
+    if missing:
+        raise ValueError(f"checkpoint {path} is missing tensor {missing[0]!r} (and {len(missing) - 1} more)")
+    for k, v in weights.items():
+        if k not in want:
+            raise ValueError(f"checkpoint {path} has unexpected tensor {k!r}")
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise ValueError(f"checkpoint {path}: tensor {k!r} has shape {tuple(v.shape)}, "
+                             f"the config expects {tuple(want[k].shape)}")
+    net.load_state_dict(weights)
+    calib = {k[len(CALIB_PREFIX):]: v for k, v in tensors.items() if k.startswith(CALIB_PREFIX)}
+    return net, calib, json.loads(meta.get("extra", "{}")), file_hash(path)

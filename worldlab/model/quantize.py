@@ -1,0 +1,63 @@
+"""Build the quantized variants of a trained fp32 model: weights/activations W8A8 (FP8) or W4A4 (NVFP4).
+
+Linear layers inside the transformer blocks are swapped for QuantLinear; the patch embedding and the
+patch decoder stay fp32 (first/last layers, as is usual for low-bit inference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from worldlab.kernels.linear import QuantRecipe, quantize_weight, quantized_linear
+
+WEIGHTS = ("fp32", "w8a8", "w4a4")
+# W4A4 uses the best recipe measured by worldlab.kernels.bench (smoothing 0.5 + rank-32 low-rank branch).
+RECIPES = {"w8a8": ("fp8", QuantRecipe()), "w4a4": ("nvfp4", QuantRecipe(smooth_alpha=0.5, lowrank_rank=32))}
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, fmt: str, recipe: QuantRecipe, act_amax: torch.Tensor):
+        super().__init__()
+        self.qweight = quantize_weight(linear.weight.detach(), fmt, recipe, act_amax=act_amax)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantized_linear(x, self.qweight, self.bias)
+
+
+def block_linears(net) -> dict[str, nn.Linear]:
+    return {f"blocks.{i}.{n}": getattr(b, n) for i, b in enumerate(net.blocks) for n in ("qkv", "proj", "fc1", "fc2")}
+
+
+@torch.no_grad()
+def calibrate(net, batches) -> dict[str, torch.Tensor]:
+    """Per-input-channel |x| max of every block linear over calibration batches (forward_seq inputs)."""
+    amax: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, lin in block_linears(net).items():
+        def hook(mod, inp, out, name=name):
+            a = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0)
+            amax[name] = a if name not in amax else torch.maximum(amax[name], a)
+        hooks.append(lin.register_forward_hook(hook))
+    try:
+        for frames, actions, themes, window in batches:
+            net.forward_seq(frames, actions, themes, window)
+    finally:
+        for h in hooks:
+            h.remove()
+    return amax
+
+
+def quantize_model(net, weights: str, amax: dict[str, torch.Tensor]) -> None:
+    """In place: replace block linears by QuantLinear for weights in {"w8a8", "w4a4"}."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights == "fp32":
+        return
+    fmt, recipe = RECIPES[weights]
+    for i, blk in enumerate(net.blocks):
+        for n in ("qkv", "proj", "fc1", "fc2"):
+            lin = getattr(blk, n)
+            setattr(blk, n, QuantLinear(lin, fmt, recipe, amax[f"blocks.{i}.{n}"]))

@@ -1,0 +1,170 @@
+"""TransformerWorldModel: the WorldModel protocol over WorldTransformer with per-session KV caches.
+
+One `step` runs the linear layers of B sessions as one batch (micro-batching); attention runs per
+session against its own cache (sink + window, uncompressed / FP8 / NVFP4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from worldlab import env
+from worldlab.config import ModelConfig
+from worldlab.kernels.kv_cache import KINDS, make_kv_cache
+from worldlab.model.transformer import WorldTransformer
+
+
+@dataclass
+class SessionState:
+    prompt: str
+    theme: str
+    caches: list
+    next_id: int = 0  # frame id the next block gets
+    last: torch.Tensor | None = None  # (H, W, 3) in [0, 1]: the newest frame, not yet in the cache
+    history: dict = field(default_factory=dict)  # frame id -> (input frame, action id) for frames in the cache
+    frames_generated: int = 0
+
+
+def to_float(frames: np.ndarray, device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(frames), device=device).to(torch.float32) / 255.0
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+class TransformerWorldModel:
+    """WorldModel protocol implementation; build with worldlab.model.load_model."""
+
+    def __init__(self, net: WorldTransformer, cfg: ModelConfig, *, weights="fp32", kv="none", window="short",
+                 device="cpu", checkpoint_hash: str = "", anchor_every: int = 0):
+        if kv not in KINDS:
+            raise ValueError(f"kv must be one of {KINDS}, got {kv!r}")
+        self.net, self.cfg = net.eval(), cfg
+        self.weights, self.kv, self.window_name = weights, kv, window
+        self.window = cfg.window(window)
+        self.device = torch.device(device)
+        self.frame_shape = (cfg.image_size, cfg.image_size, 3)
+        self.checkpoint_hash = checkpoint_hash
+        self.anchor_every = anchor_every
+
+    def describe(self) -> dict:
+        return {"preset": self.cfg.name, "weights": self.weights, "kv": self.kv, "window": self.window_name,
+                "window_frames": self.window, "sink": self.cfg.sink, "checkpoint": self.checkpoint_hash,
+                "anchor_every": self.anchor_every}
+
+    # -- protocol ------------------------------------------------------------------------------
+    def init_state(self, prompt: str) -> SessionState:
+        theme = env.theme_for_prompt(prompt)
+        c = self.cfg
+        caches = [make_kv_cache(self.kv, batch=1, heads=c.n_heads, head_dim=c.head_dim,
+                                tokens_per_frame=c.tokens_per_frame, sink=c.sink, window=self.window,
+                                device=self.device) for _ in range(c.n_layers)]
+        return SessionState(prompt=prompt, theme=theme, caches=caches)
+
+    def prefill(self, state: SessionState, frames: np.ndarray, actions: Sequence) -> None:
+        """frames (T, H, W, 3) uint8 ground truth; actions: the T-1 actions between consecutive frames."""
+        frames = self._check_frames(frames)
+        if len(actions) != len(frames) - 1:
+            raise ValueError(f"prefill needs len(actions) == len(frames) - 1, got {len(actions)} and {len(frames)}")
+        ids = [env.action_id(a) for a in actions]
+        self.reset(state)
+        x = to_float(frames, self.device)
+        for f in range(len(frames) - 1):
+            state.history[f] = (x[f], ids[f])
+        state.next_id = len(frames) - 1
+        state.last = x[-1]
+        self._rebuild(state)
+
+    @torch.inference_mode()
+    def step(self, states: Sequence[SessionState], actions: Sequence) -> np.ndarray:
+        if len(states) != len(actions):
+            raise ValueError(f"step got {len(states)} states but {len(actions)} actions")
+        if not states:
+            return np.zeros((0, *self.frame_shape), np.uint8)
+        for s in states:
+            if s.last is None:
+                raise ValueError("step before prefill: call prefill (or start_session) first")
+        act = torch.tensor([env.action_id(a) for a in actions], device=self.device)
+        inputs = torch.stack([s.last for s in states])  # (B, H, W, 3)
+        themes = torch.tensor([env.THEMES.index(s.theme) for s in states], device=self.device)
+        pred = self._advance(states, inputs, act, themes)
+        out = to_uint8(pred)
+        for i, s in enumerate(states):
+            s.history[s.next_id] = (inputs[i], int(act[i]))
+            s.next_id += 1
+            s.frames_generated += 1
+            s.last = torch.as_tensor(out[i], device=self.device).to(torch.float32) / 255.0
+            self._evict(s)
+            if self.anchor_every and s.frames_generated % self.anchor_every == 0:
+                self.anchor(s)
+        return out
+
+    def recache(self, state: SessionState, prompt: str) -> None:
+        """Prompt switch: recompute every cached frame's K/V under the new prompt's conditioning."""
+        state.prompt, state.theme = prompt, env.theme_for_prompt(prompt)
+        self._rebuild(state)
+
+    def reset(self, state: SessionState) -> None:
+        for c in state.caches:
+            c.reset()
+        state.history.clear()
+        state.next_id, state.last, state.frames_generated = 0, None, 0
+
+    def kv_bytes(self, state: SessionState) -> int:
+        return sum(c.kv_bytes() for c in state.caches)
+
+    # -- drift anchor --------------------------------------------------------------------------
+    def anchor(self, state: SessionState) -> None:
+        """Re-ground the stream: snap the newest frame to its theme's palette, then rebuild the cache."""
+        state.last = torch.as_tensor(env.snap_to_palette(to_uint8(state.last), state.theme),
+                                     device=self.device).to(torch.float32) / 255.0
+        self._rebuild(state)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _check_frames(self, frames) -> np.ndarray:
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != self.frame_shape or len(frames) < 2:
+            raise ValueError(f"frames must be uint8 (T >= 2, {self.frame_shape}), got {frames.dtype} {frames.shape}")
+        return frames
+
+    def _evict(self, s: SessionState) -> None:
+        newest = s.next_id - 1
+        for f in [f for f in s.history if f >= self.cfg.sink and newest - f >= self.window]:
+            del s.history[f]
+
+    @torch.inference_mode()
+    def _rebuild(self, s: SessionState) -> None:
+        """Recompute the caches from the stored frames in one parallel pass (same mask as streaming)."""
+        for c in s.caches:
+            c.reset()
+        if not s.history:
+            return
+        ids = sorted(s.history)
+        frames = torch.stack([s.history[f][0] for f in ids])[None]  # (1, F, H, W, 3)
+        acts = torch.tensor([[s.history[f][1] for f in ids]], device=self.device)
+        themes = torch.full_like(acts, env.THEMES.index(s.theme))
+        fid = torch.tensor(ids, device=self.device)
+        _, kvs = self.net.forward_seq(frames, acts, themes, self.window, frame_ids=fid, return_kv=True)
+        T = self.cfg.tokens_per_frame
+        for c, (k, v) in zip(s.caches, kvs):
+            for j, f in enumerate(ids):
+                c.append_frame(k[:, :, j * T:(j + 1) * T], v[:, :, j * T:(j + 1) * T], frame_id=f)
+
+    def _advance(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor) -> torch.Tensor:
+        """One block for each session: inputs (B, H, W, 3) -> predicted next frames (B, H, W, 3)."""
+        net = self.net
+        x = net.embed(inputs[:, None], act[:, None], themes[:, None])[:, 0]  # (B, T, d)
+        for layer, blk in enumerate(net.blocks):
+            q, k, v = blk.split_qkv(x)  # each (B, H, T, Dh)
+            outs = []
+            for i, s in enumerate(states):
+                cache = s.caches[layer]
+                cache.append_frame(k[i:i + 1], v[i:i + 1], frame_id=s.next_id)
+                outs.append(cache.attend(q[i:i + 1], s.next_id, net.slopes))
+            x = blk.finish(x, torch.cat(outs))
+        return net.decode(x[:, None], inputs[:, None])[:, 0].clamp(0, 1)
