@@ -1,0 +1,65 @@
+"""Headless model benchmark (`worldlab bench --json`): step latency percentiles, prompt-switch spike,
+and micro-batching throughput (one forward for B sessions vs B sequential steps).
+
+Figures are printed, never asserted: a slow machine must not fail a test.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from worldlab import env
+from worldlab.model import load_model, start_session
+
+
+def _percentiles(ms: list[float]) -> dict:
+    a = np.array(ms)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99))}
+
+
+def bench(checkpoint=None, *, weights="fp32", kv="none", window="short", steps=300, batches=(1, 4, 8),
+          device="cpu") -> dict:
+    if steps < 10:
+        raise ValueError(f"steps must be >= 10, got {steps}")
+    model = load_model(checkpoint, weights=weights, kv=kv, window=window, device=device)
+    actions = env.random_actions(steps + 50, seed=7)
+    s = start_session(model, "a walk in the forest", seed=7)
+    for a in actions[:30]:  # warm-up: fill the window so every timed step attends a full cache
+        model.step([s], [a])
+    ms = []
+    for a in actions[30:30 + steps]:
+        t0 = time.perf_counter()
+        model.step([s], [a])
+        ms.append((time.perf_counter() - t0) * 1000)
+    switch = []
+    for i, prompt in enumerate(["snowy hills", "desert dunes", "night sky", "forest path"] * 3):
+        t0 = time.perf_counter()
+        model.recache(s, prompt)
+        model.step([s], [actions[i]])
+        switch.append((time.perf_counter() - t0) * 1000)
+    pct = _percentiles(ms)
+    batch_fps, ratio = {}, {}
+    n = max(20, steps // 5)
+    for B in batches:
+        sessions = [start_session(model, "forest", seed=100 + i) for i in range(B)]
+        for a in actions[:20]:
+            model.step(sessions, [a] * B)
+        t0 = time.perf_counter()
+        for a in actions[:n]:
+            model.step(sessions, [a] * B)
+        batched = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for a in actions[:n]:
+            for sess in sessions:
+                model.step([sess], [a])
+        sequential = time.perf_counter() - t0
+        batch_fps[B] = B * n / batched
+        ratio[B] = sequential / batched
+    return {"model_ms_p50": pct["p50"], "model_ms_p95": pct["p95"], "model_ms_p99": pct["p99"],
+            "switch_ms": float(np.median(switch)), "switch_ms_max": float(np.max(switch)),
+            "fps": 1000.0 / pct["p50"], "batch_fps": batch_fps, "batch_speedup_vs_sequential": ratio,
+            "kv_bytes": model.kv_bytes(s), "threads": torch.get_num_threads(), "steps": steps,
+            "config": model.describe()}

@@ -1,0 +1,102 @@
+"""`worldlab train`, `worldlab eval`, `worldlab bench`: train, evaluate and time the world model.
+
+Heavy imports happen inside each run function so `worldlab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _toggles(p) -> None:
+    p.add_argument("--checkpoint", default=None, help="safetensors checkpoint (default: the shipped tiny one)")
+    p.add_argument("--weights", default="fp32", choices=["fp32", "w8a8", "w4a4"])
+    p.add_argument("--kv", default="none", choices=["none", "fp8", "nvfp4"])
+    p.add_argument("--window", default="short", choices=["short", "long"])
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="train a world model from scratch (reproduces the shipped checkpoint)")
+    t.add_argument("--preset", default="tiny", help="micro | tiny")
+    t.add_argument("--out", required=True, help="output .safetensors path (a .metrics.jsonl log goes beside it)")
+    t.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="roll out against the environment: PSNR/SSIM, control, prompt switch")
+    _toggles(e)
+    e.add_argument("--seeds", default="1,2,3", help="held-out seeds, comma separated (training uses >= 1000)")
+    e.add_argument("--steps", type=int, default=64)
+    e.add_argument("--anchor-every", type=int, default=0, help="drift anchor period in frames (0 = off)")
+    e.set_defaults(func=run_eval)
+
+    b = sub.add_parser("bench", help="headless model timing: step percentiles, switch spike, micro-batching")
+    _toggles(b)
+    b.add_argument("--steps", type=int, default=300)
+    b.add_argument("--batches", default="1,4,8")
+    b.set_defaults(func=run_bench)
+
+
+def _parse_ints(name: str, text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"--{name} is empty")
+    return vals
+
+
+def run_train(args) -> int:
+    import torch
+
+    from worldlab.config import preset
+    from worldlab.train import train
+
+    torch.set_num_threads(args.threads)
+    summary = train(preset(args.preset), args.out, seed=args.seed, steps=args.steps, progress=not args.json)
+    print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
+    return 0
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from worldlab.evaluate import evaluate
+    from worldlab.model import load_model
+
+    torch.set_num_threads(args.threads)
+    seeds = _parse_ints("seeds", args.seeds)
+    model = load_model(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window,
+                       anchor_every=args.anchor_every)
+    res = evaluate(model, seeds, args.steps)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    for k, v in res.items():
+        if k != "psnr_per_step":
+            print(f"{k:16s} {v}")
+    return 0
+
+
+def run_bench(args) -> int:
+    import torch
+
+    from worldlab.bench_model import bench
+
+    torch.set_num_threads(args.threads)
+    res = bench(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window, steps=args.steps,
+                batches=tuple(_parse_ints("batches", args.batches)))
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"model_ms p50 {res['model_ms_p50']:.2f}  p95 {res['model_ms_p95']:.2f}  p99 {res['model_ms_p99']:.2f}"
+          f"  ({res['fps']:.0f} fps headless)  switch {res['switch_ms']:.1f} ms")
+    for B, fps in res["batch_fps"].items():
+        print(f"batch {B}: {fps:.0f} frames/s  ({res['batch_speedup_vs_sequential'][B]:.2f}x vs sequential)")
+    return 0
