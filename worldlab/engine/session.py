@@ -1,0 +1,80 @@
+"""One live session: model state, the held keys and pending prompt, pacing clock, frame slot, metrics.
+
+Inputs arrive from the network thread; the scheduler thread reads them at the next tick, so every
+generated frame records the newest input seq it reflects (for `ack`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+from worldlab.engine.metrics import Rolling
+from worldlab.engine.slot import LatestFrameSlot
+
+_ids = itertools.count(1)
+
+
+class Session:
+    def __init__(self, state: Any, prompt: str, *, fps_target: float = 30.0, room: str | None = None):
+        if not 1.0 <= fps_target <= 120.0:
+            raise ValueError(f"fps_target must be in [1, 120], got {fps_target}")
+        self.id = f"s{next(_ids)}"
+        self.room = room or self.id
+        self.state = state
+        self.prompt = prompt
+        self.fps_target = fps_target
+        self.slot = LatestFrameSlot()
+        self.metrics = Rolling()
+        self.origin = time.monotonic()  # one monotonic clock per session: pts and pacing derive from it
+        self.next_due = self.origin
+        self.frame_id = -1
+        self._lock = threading.Lock()
+        self._keys: tuple[str, ...] = ()
+        self._seq = -1  # newest input seq received
+        self._input_at: float | None = None  # arrival time of the newest not-yet-applied input
+        self._pending_prompt: tuple[str, int] | None = None
+        self.acks: list[tuple[int, int]] = []  # (seq, frame_id) for the transport to send
+        self.closed = False
+        self.error: str | None = None
+
+    # -- network thread ------------------------------------------------------------------------
+    def set_action(self, keys, seq: int) -> None:
+        with self._lock:
+            self._keys = tuple(keys)
+            self._note_input(seq)
+
+    def set_prompt(self, text: str, seq: int) -> None:
+        with self._lock:
+            self._pending_prompt = (text, seq)
+            self._note_input(seq)
+
+    def _note_input(self, seq: int) -> None:
+        self._seq = max(self._seq, seq)
+        if self._input_at is None:
+            self._input_at = time.monotonic()
+
+    def pop_acks(self) -> list[tuple[int, int]]:
+        with self._lock:
+            out, self.acks = self.acks, []
+            return out
+
+    # -- scheduler thread ----------------------------------------------------------------------
+    def take_inputs(self, tick_start: float):
+        """(keys, seq, queue_ms, pending prompt) as of this tick; marks the inputs applied."""
+        with self._lock:
+            queue_ms = (tick_start - self._input_at) * 1000 if self._input_at is not None else 0.0
+            had_input = self._input_at is not None
+            self._input_at = None
+            prompt, self._pending_prompt = self._pending_prompt, None
+            return self._keys, self._seq, queue_ms, prompt, had_input
+
+    def record_ack(self, seq: int, frame_id: int) -> None:
+        with self._lock:
+            self.acks.append((seq, frame_id))
+
+    def close(self) -> None:
+        self.closed = True
+        self.slot.close()

@@ -1,0 +1,69 @@
+"""One encoder per room (VP8 default, H.264 option): the player and every spectator get the same packets.
+
+Encoding here rather than inside each aiortc sender gives one encode for many viewers (MediaRelay then
+forwards packets), a fixed keyframe interval, bitrate presets, and a direct encode_ms measurement.
+"""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+
+CODECS = {"vp8": "libvpx", "h264": "libx264"}
+TIME_BASE = fractions.Fraction(1, 90_000)
+
+
+class RoomEncoder:
+    def __init__(self, codec: str = "vp8", *, fps: float = 30.0, keyframe_interval_s: float = 0.75):
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {tuple(CODECS)}, got {codec!r}")
+        if not 0.5 <= keyframe_interval_s <= 1.0:
+            raise ValueError(f"keyframe_interval_s must be in [0.5, 1.0], got {keyframe_interval_s}")
+        self.codec_name = codec
+        self.fps = fps
+        self.gop = max(1, round(keyframe_interval_s * fps))
+        self._ctx = None
+        self._size = None
+        self._bitrate = None
+        self.frames = 0
+        self.keyframes = 0
+
+    def _open(self, width: int, height: int, bitrate: int) -> None:
+        ctx = av.CodecContext.create(CODECS[self.codec_name], "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.bit_rate = bitrate
+        ctx.gop_size = self.gop
+        ctx.framerate = fractions.Fraction(round(self.fps), 1)
+        ctx.time_base = fractions.Fraction(1, round(self.fps))
+        if self.codec_name == "vp8":
+            # aiortc's realtime libvpx settings: no lookahead, fastest speed, CBR.
+            ctx.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
+                           "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
+            ctx.qmin, ctx.qmax = 2, 56
+        else:
+            ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"}
+        ctx.thread_count = 1  # one core stays free for the model worker
+        self._ctx, self._size, self._bitrate = ctx, (width, height), bitrate
+        self.frames = 0
+
+    def encode(self, rgb: np.ndarray, pts: int, bitrate: int, force_keyframe: bool = False) -> av.Packet | None:
+        """(H, W, 3) uint8 -> one packet holding the whole encoded frame, stamped with pts (90 kHz)."""
+        h, w = rgb.shape[:2]
+        if self._ctx is None or self._size != (w, h) or self._bitrate != bitrate:
+            self._open(w, h, bitrate)  # a new size or rung starts with a keyframe
+            force_keyframe = True
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        frame.pts = self.frames
+        key = force_keyframe or self.frames % self.gop == 0
+        if key:
+            frame.pict_type = av.video.frame.PictureType.I
+            self.keyframes += 1
+        self.frames += 1
+        data = b"".join(bytes(p) for p in self._ctx.encode(frame))
+        if not data:
+            return None
+        packet = av.Packet(data)
+        packet.pts, packet.time_base = pts, TIME_BASE
+        return packet

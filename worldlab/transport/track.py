@@ -1,0 +1,87 @@
+"""RoomTrack: an aiortc video track paced by the session clock, fed from the latest-frame slot.
+
+recv() never runs the model: it waits for the next pacing instant, takes the newest frame (repeating the
+last one when the model is late), upscales it to the quality rung, encodes once (in a worker thread) and
+returns the packet; MediaRelay hands the same packet to the player and every spectator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from worldlab.engine.session import Session
+from worldlab.transport.encoder import RoomEncoder
+
+VIDEO_CLOCK = 90_000
+# Quality ladder: name -> (upscale factor of the native frame, target bitrate in bit/s).
+RUNGS = {"low": (2, 250_000), "high": (4, 800_000)}
+
+
+class RoomTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, session: Session, *, codec: str = "vp8", keyframe_interval_s: float = 0.75,
+                 on_frame=None, frame_shape=(64, 64, 3)):
+        super().__init__()
+        self.session = session
+        self.encoder = RoomEncoder(codec, fps=session.fps_target, keyframe_interval_s=keyframe_interval_s)
+        self.on_frame = on_frame  # callback(frame_id, pts, meta, emit_time) on the event loop
+        self.rung = "high"
+        self.frame_shape = frame_shape
+        self.sent = 0
+        self.repeats = 0
+        self._next_at: float | None = None
+        self._last = None
+        self._force_key = False
+
+    def set_rung(self, rung: str) -> None:
+        if rung not in RUNGS:
+            raise ValueError(f"rung must be one of {tuple(RUNGS)}, got {rung!r}")
+        self.rung = rung
+
+    def request_keyframe(self) -> None:
+        self._force_key = True
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._next_at is None:
+            await loop.run_in_executor(None, self.session.slot.wait_first, 5.0)
+            self._next_at = time.monotonic()
+            return
+        delay = self._next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def recv(self):
+        if self.readyState != "live" or self.session.closed:
+            raise MediaStreamError
+        await self._pace()
+        period = 1.0 / self.session.fps_target
+        self._next_at = max(self._next_at + period, time.monotonic() - period)  # no bursts after a stall
+        frame, meta, new = self.session.slot.take()
+        if frame is None:
+            frame = np.zeros(self.frame_shape, np.uint8) if self._last is None else self._last[0]
+            meta = None if self._last is None else self._last[1]
+        elif not new:
+            self.repeats += 1
+        self._last = (frame, meta)
+        scale, bitrate = RUNGS[self.rung]
+        big = frame.repeat(scale, 0).repeat(scale, 1)  # nearest-neighbour: crisp pixels
+        emit = time.monotonic()
+        pts = int((emit - self.session.origin) * VIDEO_CLOCK)  # real-time jitter lets the page lock the RTP origin
+        force, self._force_key = self._force_key, False
+        t0 = time.perf_counter()
+        packet = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, big, pts, bitrate, force)
+        self.session.metrics.add("encode_ms", (time.perf_counter() - t0) * 1000)
+        if packet is None:
+            raise MediaStreamError
+        self.session.metrics.event("bytes", packet.size)
+        self.session.metrics.event("sent")
+        self.sent += 1
+        if self.on_frame is not None and meta is not None:
+            self.on_frame(meta.frame_id, pts, meta, emit)
+        return packet
