@@ -1,0 +1,290 @@
+// worldlab player: WebRTC video + `ctl` data channel + frame-accurate glass-to-glass measurement.
+// One ES module for the served page and the JupyterLab widget; signaling is pluggable (fetch or comm).
+
+const KEYMAP = {
+  ArrowUp: "up", ArrowDown: "down", ArrowLeft: "left", ArrowRight: "right",
+  w: "up", s: "down", a: "left", d: "right", W: "up", S: "down", A: "left", D: "right",
+};
+const HISTORY = 600; // frames / samples kept for mapping and percentiles
+
+function pct(values, q) {
+  if (!values.length) return null;
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((q / 100) * s.length))];
+}
+
+// POST /offer signaling for the served page.
+export function httpSignal(url = "/offer", extra = {}) {
+  return async (offer, more = {}) => {
+    const res = await fetch(url, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: offer.sdp, type: offer.type, ...extra, ...more }),
+    });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : res.statusText);
+    return body;
+  };
+}
+
+export class Player {
+  constructor({ video, overlay = null, signal, keyTarget = document, role = "player", onStatus = () => {} }) {
+    this.video = video;
+    this.overlay = overlay;
+    this.signal = signal;
+    this.keyTarget = keyTarget;
+    this.role = role;
+    this.onStatus = onStatus;
+    this.seq = 0;
+    this.held = new Set();
+    this.pending = new Map(); // seq -> {t: key event time, sent, frameId}
+    this.ptsToFrame = new Map();
+    this.votes = new Map();
+    this.rtpOrigin = null;
+    this.presented = []; // [frameId, displayTime]
+    this.samples = { g2g_ms: [], capture_ms: [], rtt_ms: [], decode_ms: [], interval_ms: [] };
+    this.server = {};
+    this.frames = 0;
+    this.lastDisplay = null;
+    this.fpsWindow = [];
+    this.state = "idle";
+    this.connectedAt = null;
+    this.firstFrameMs = null;
+    this._onKey = this._onKey.bind(this);
+    this._onVisibility = this._onVisibility.bind(this);
+  }
+
+  // ---- connection -----------------------------------------------------------------------
+  async connect(extra = {}) {
+    this.close(false);
+    this.setState("connecting");
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const ch = pc.createDataChannel("ctl", { ordered: true });
+    this.ch = ch;
+    ch.onmessage = (e) => this._onMessage(JSON.parse(e.data));
+    ch.onopen = () => this.setState("live");
+    pc.ontrack = (e) => {
+      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      this.video.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      if (["failed", "disconnected"].includes(pc.connectionState)) {
+        this.setState("reconnecting");
+        setTimeout(() => { if (pc === this.pc && pc.connectionState !== "connected") this.connect(extra); }, 1500);
+      }
+    };
+    this.offerAt = performance.now();
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((resolve) => {  // aiortc takes complete (non-trickle) offers
+      if (pc.iceGatheringState === "complete") return resolve();
+      pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
+      setTimeout(resolve, 2000);
+    });
+    const answer = await this.signal(pc.localDescription, extra);
+    this.session = answer.session;
+    this.room = answer.room;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    if (this.role === "player") {
+      this.keyTarget.addEventListener("keydown", this._onKey);
+      this.keyTarget.addEventListener("keyup", this._onKey);
+    }
+    document.addEventListener("visibilitychange", this._onVisibility);
+    this._watchFrames();
+    this._pingTimer = setInterval(() => this.send({ type: "ping", t: performance.now() }), 500);
+    this._drawTimer = setInterval(() => this.draw(), 250);
+    return answer;
+  }
+
+  close(final = true) {
+    clearInterval(this._pingTimer);
+    clearInterval(this._drawTimer);
+    this.keyTarget.removeEventListener("keydown", this._onKey);
+    this.keyTarget.removeEventListener("keyup", this._onKey);
+    document.removeEventListener("visibilitychange", this._onVisibility);
+    if (this.pc) this.pc.close();
+    this.pc = null;
+    this.ch = null;
+    this.rtpOrigin = null;
+    this.votes.clear();
+    if (final) this.setState("closed");
+  }
+
+  setState(s) {
+    this.state = s;
+    this.onStatus(s);
+  }
+
+  send(msg) {
+    if (!this.ch || this.ch.readyState !== "open") return null;
+    const seq = ++this.seq;
+    this.ch.send(JSON.stringify({ v: 1, seq, ...msg }));
+    return seq;
+  }
+
+  // ---- input ----------------------------------------------------------------------------
+  _onKey(e) {
+    const key = KEYMAP[e.key];
+    if (!key || (e.target && e.target.tagName === "INPUT")) return;
+    e.preventDefault();
+    const before = [...this.held].sort().join();
+    if (e.type === "keydown") this.held.add(key); else this.held.delete(key);
+    if ([...this.held].sort().join() === before) return; // auto-repeat: held keys did not change
+    this.sendAction(e.timeStamp);
+  }
+
+  sendAction(eventTime = performance.now()) {
+    const sent = performance.now();
+    const seq = this.send({ type: "action", keys: [...this.held], t: sent });
+    if (seq !== null) {
+      this.pending.set(seq, { t: eventTime, frameId: null });
+      this._push("capture_ms", sent - eventTime);
+    }
+    return seq;
+  }
+
+  sendPrompt(text) {
+    const seq = this.send({ type: "prompt", text });
+    if (seq !== null) this.pending.set(seq, { t: performance.now(), frameId: null, prompt: true });
+    return seq;
+  }
+
+  setQuality(preset) { return this.send({ type: "quality", preset }); }
+
+  _onVisibility() {
+    if (document.hidden) {  // release held keys so the world does not run away while we are away
+      this.held.clear();
+      this.sendAction();
+    } else if (!this.pc || this.pc.connectionState !== "connected") {
+      this.connect();
+    }
+  }
+
+  // ---- server messages ------------------------------------------------------------------
+  _onMessage(m) {
+    if (m.type === "frame") {
+      this.ptsToFrame.set(m.pts, m.frame_id);
+      if (this.ptsToFrame.size > HISTORY) this.ptsToFrame.delete(this.ptsToFrame.keys().next().value);
+    } else if (m.type === "ack") {
+      for (const [seq, p] of this.pending) if (seq <= m.seq && p.frameId === null) p.frameId = m.frame_id;
+      this._resolve();
+    } else if (m.type === "pong") {
+      this._push("rtt_ms", performance.now() - m.t);
+    } else if (m.type === "stats") {
+      this.server = m;
+    } else if (m.type === "error") {
+      this.lastError = m;
+    }
+  }
+
+  // rtpTimestamp = random origin + pts (90 kHz). pts carry real-time jitter, so exactly one origin keeps
+  // matching: vote until one candidate is clearly ahead, then map rtpTimestamp -> frame_id exactly.
+  _frameIdFor(rtp) {
+    if (this.rtpOrigin === null) {
+      for (const pts of this.ptsToFrame.keys()) {
+        const o = (rtp - pts) >>> 0;
+        this.votes.set(o, (this.votes.get(o) || 0) + 1);
+      }
+      let best = null, bestN = 0, second = 0;
+      for (const [o, n] of this.votes) {
+        if (n > bestN) { second = bestN; best = o; bestN = n; } else if (n > second) second = n;
+      }
+      if (bestN >= 4 && second <= 1) { this.rtpOrigin = best; this.votes.clear(); }
+      if (this.votes.size > 50000) this.votes.clear();
+      return null;
+    }
+    return this.ptsToFrame.get((rtp - this.rtpOrigin) >>> 0) ?? null;
+  }
+
+  _watchFrames() {
+    const video = this.video;
+    if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+    const onFrame = (now, md) => {
+      if (!this.pc) return;
+      this.frames += 1;
+      const shown = md.expectedDisplayTime || now;
+      if (this.firstFrameMs === null && this.offerAt) this.firstFrameMs = shown - this.offerAt;
+      if (this.lastDisplay !== null) this._push("interval_ms", shown - this.lastDisplay);
+      this.lastDisplay = shown;
+      this.fpsWindow.push(shown);
+      while (this.fpsWindow.length && shown - this.fpsWindow[0] > 2000) this.fpsWindow.shift();
+      if (md.processingDuration !== undefined) this._push("decode_ms", md.processingDuration * 1000);
+      this.width = md.width;
+      this.height = md.height;
+      const fid = md.rtpTimestamp !== undefined ? this._frameIdFor(md.rtpTimestamp) : null;
+      if (fid !== null) {
+        this.presented.push([fid, shown]);
+        if (this.presented.length > HISTORY) this.presented.shift();
+        this.lastFrameId = fid;
+        this._resolve();
+      }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  // glass-to-glass: key event -> display of the first frame whose id >= the frame that acked it.
+  _resolve() {
+    for (const [seq, p] of this.pending) {
+      if (p.frameId === null) {
+        if (performance.now() - p.t > 5000) this.pending.delete(seq);
+        continue;
+      }
+      const hit = this.presented.find(([fid]) => fid >= p.frameId);
+      if (hit) {
+        if (!p.prompt) this._push("g2g_ms", hit[1] - p.t);
+        else this.lastSwitchMs = hit[1] - p.t;
+        this.pending.delete(seq);
+      }
+    }
+  }
+
+  _push(name, v) {
+    const a = this.samples[name];
+    a.push(v);
+    if (a.length > HISTORY) a.shift();
+  }
+
+  // ---- numbers --------------------------------------------------------------------------
+  fpsActual() {
+    const w = this.fpsWindow;
+    return w.length > 1 ? (1000 * (w.length - 1)) / (w[w.length - 1] - w[0]) : 0;
+  }
+
+  stats() {
+    const s = this.samples;
+    const q = this.video.getVideoPlaybackQuality ? this.video.getVideoPlaybackQuality() : null;
+    return {
+      fps_actual: this.fpsActual(), fps_target: this.server.fps_target ?? null,
+      g2g_ms: pct(s.g2g_ms, 50), g2g_ms_p95: pct(s.g2g_ms, 95), g2g_count: s.g2g_ms.length,
+      rtt_ms: pct(s.rtt_ms, 50), capture_ms: pct(s.capture_ms, 50), decode_ms: pct(s.decode_ms, 50),
+      interval_ms_p95: pct(s.interval_ms, 95), frames: this.frames, frame_id: this.lastFrameId ?? null,
+      dropped_frames: q ? q.droppedVideoFrames : null, first_frame_ms: this.firstFrameMs,
+      rtp_locked: this.rtpOrigin !== null, width: this.width ?? null, height: this.height ?? null,
+      server: this.server, state: this.state, switch_ms: this.lastSwitchMs ?? null,
+    };
+  }
+
+  draw() {
+    const c = this.overlay;
+    if (!c) return;
+    const st = this.stats();
+    const f = (v, d = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+    const lines = [
+      `${this.state}  ${f(st.fps_actual, 1)} fps`,
+      `g2g ${f(st.g2g_ms)} ms (p95 ${f(st.g2g_ms_p95)})  rtt ${f(st.rtt_ms)} ms`,
+      `drop ${f(this.server.drop_pct, 1)} %  ${st.width ?? "?"}x${st.height ?? "?"} ${this.server.rung ?? ""}`,
+      `model ${f(this.server.model_ms, 1)} ms  ${f(this.server.bitrate_kbps)} kbps`,
+    ];
+    const ctx = c.getContext("2d");
+    ctx.clearRect(0, 0, c.width, c.height);
+    ctx.fillStyle = "rgba(0,0,0,0.55)";
+    ctx.fillRect(0, 0, c.width, 16 * lines.length + 8);
+    ctx.fillStyle = "#fff";
+    ctx.font = "12px monospace";
+    lines.forEach((l, i) => ctx.fillText(l, 6, 16 * (i + 1)));
+    c.dataset.fps = f(st.fps_actual, 1);
+    c.dataset.g2g = f(st.g2g_ms);
+  }
+}
