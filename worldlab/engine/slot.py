@@ -50,6 +50,10 @@ class LatestFrameSlot:
                 self.consumed += 1
             return self._frame, self._meta, new
 
+    def has_new(self) -> bool:
+        with self._cond:
+            return self._meta is not None and self._meta.frame_id != self._last_taken
+
     def wait_first(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._meta is not None or self.closed, timeout)

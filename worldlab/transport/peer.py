@@ -45,6 +45,8 @@ class Room:
     player_channels: set = field(default_factory=set)
     viewers: int = 0
     good_since: float = field(default_factory=time.monotonic)
+    born: float = field(default_factory=time.monotonic)
+    bad_reads: int = 0
 
 
 class PeerHub:
@@ -185,11 +187,12 @@ class PeerHub:
 
     def _adapt(self, room: Room, st: dict) -> None:
         """auto: step down when frames run late or encode is slow; step back up after 5 s of health."""
-        if room.quality != "auto":
+        now = time.monotonic()
+        if room.quality != "auto" or now - room.born < 3.0:  # the rate window still covers start-up
             return
         healthy = st["fps_actual"] >= 0.95 * st["fps_target"] and st.get("encode_ms_p95", 0) < 20
-        now = time.monotonic()
-        if not healthy:
+        room.bad_reads = 0 if healthy else room.bad_reads + 1
+        if room.bad_reads >= 2:  # two bad seconds in a row, not one hiccup
             room.track.set_rung("low")
             room.good_since = now
         elif room.track.rung == "low" and now - room.good_since > 5.0:

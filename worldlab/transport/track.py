@@ -47,6 +47,8 @@ class RoomTrack(MediaStreamTrack):
         self._force_key = True
 
     async def _pace(self) -> None:
+        """Send as soon as the model's next frame lands (no phase delay), but never before the pacing
+        instant and never later than half a period past it (then the last frame is repeated)."""
         loop = asyncio.get_running_loop()
         if self._next_at is None:
             await loop.run_in_executor(None, self.session.slot.wait_first, 5.0)
@@ -55,6 +57,10 @@ class RoomTrack(MediaStreamTrack):
         delay = self._next_at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        period = 1.0 / self.session.fps_target
+        deadline = self._next_at + 0.5 * period
+        while not self.session.slot.has_new() and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
 
     async def recv(self):
         if self.readyState != "live" or self.session.closed:

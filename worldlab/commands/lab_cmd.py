@@ -1,0 +1,54 @@
+"""`worldlab lab`: start JupyterLab with notebooks/01_quickstart.ipynb open (the main job).
+
+Token auth stays on unless the user passes --no-token, which also pins the server to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+QUICKSTART = "notebooks/01_quickstart.ipynb"
+
+
+def find_quickstart() -> pathlib.Path:
+    """The quickstart in the current directory's checkout, else in the checkout worldlab runs from."""
+    for root in (pathlib.Path.cwd(), pathlib.Path(__file__).resolve().parents[2]):
+        if (root / QUICKSTART).is_file():
+            return root / QUICKSTART
+    raise FileNotFoundError(f"{QUICKSTART} not found in {pathlib.Path.cwd()} or the worldlab checkout")
+
+
+def lab_argv(args, notebook: pathlib.Path) -> list[str]:
+    root = notebook.parents[1]
+    argv = [sys.executable, "-m", "jupyter", "lab", str(notebook.relative_to(root)),
+            f"--ServerApp.root_dir={root}", f"--port={args.port}", f"--ServerApp.ip={args.host}"]
+    if args.no_browser:
+        argv.append("--no-browser")
+    if args.no_token:
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"--no-token is only allowed on loopback, not --host {args.host}")
+        argv += ["--IdentityProvider.token=", "--ServerApp.password="]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")  # containers and CI run as root
+    return argv
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lab", help="start JupyterLab on the quickstart notebook (the main job)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--no-token", action="store_true", help="no token prompt (loopback only; you asked for it)")
+    p.add_argument("--dry-run", action="store_true", help="print the jupyter command instead of running it")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    argv = lab_argv(args, find_quickstart())
+    if args.dry_run:
+        print(" ".join(argv))
+        return 0
+    os.execv(argv[0], argv)  # hand the terminal (and Ctrl-C) to JupyterLab itself
+    return 0
