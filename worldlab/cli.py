@@ -12,6 +12,7 @@ import sys
 
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
+    "worldlab.commands.lab_cmd",
     "worldlab.commands.serve_cmd",
     "worldlab.commands.model_cmds",
     "worldlab.commands.kernels_cmd",

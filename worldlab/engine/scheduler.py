@@ -57,9 +57,13 @@ class Scheduler:
         self._wake.set()
 
     def remove(self, session: Session) -> None:
+        self.detach(session)
+        session.close()
+
+    def detach(self, session: Session) -> None:
+        """Stop stepping a session without closing it (it moves to another model's scheduler)."""
         with self._lock:
             self._sessions.pop(session.id, None)
-        session.close()
 
     def sessions(self) -> list[Session]:
         with self._lock:
@@ -112,7 +116,9 @@ class Scheduler:
         del self.batch_sizes[:-1000]
         for s, frame, ms, (keys, seq, queue_ms, had_input) in zip(due, frames, per, inputs):
             s.frame_id += 1
-            s.slot.put(frame, FrameMeta(s.frame_id, seq, done, ms, queue_ms))
+            meta = FrameMeta(s.frame_id, seq, done, ms, queue_ms)
+            s.slot.put(frame, meta)
+            s.note_frame(frame, keys, meta)
             s.metrics.add("model_ms", ms)
             s.metrics.event("frames")
             if had_input:

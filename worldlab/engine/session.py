@@ -6,6 +6,7 @@ generated frame records the newest input seq it reflects (for `ack`).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -39,6 +40,10 @@ class Session:
         self.acks: list[tuple[int, int]] = []  # (seq, frame_id) for the transport to send
         self.closed = False
         self.error: str | None = None
+        # The last frames and the keys that produced them: enough to prefill another model variant
+        # (hot-switching weights / window / KV compression) without restarting the session.
+        self.recent: collections.deque = collections.deque(maxlen=8)
+        self.frame_log: list | None = None  # set by recorders: (time, frame_id, seq, model_ms, queue_ms)
 
     # -- network thread ------------------------------------------------------------------------
     def set_action(self, keys, seq: int) -> None:
@@ -70,6 +75,12 @@ class Session:
             self._input_at = None
             prompt, self._pending_prompt = self._pending_prompt, None
             return self._keys, self._seq, queue_ms, prompt, had_input
+
+    def note_frame(self, frame, keys, meta) -> None:
+        self.recent.append((frame, tuple(keys)))
+        log = self.frame_log
+        if log is not None:
+            log.append((meta.produced_at, meta.frame_id, meta.seq, meta.model_ms, meta.queue_ms))
 
     def record_ack(self, seq: int, frame_id: int) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -44,6 +45,8 @@ class Room:
     channels: set = field(default_factory=set)  # player + viewer ctl channels
     player_channels: set = field(default_factory=set)
     viewers: int = 0
+    model: object = None  # the WorldModel (variant) this room's session runs on
+    scheduler: object = None
     good_since: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
     bad_reads: int = 0
@@ -65,21 +68,32 @@ class PeerHub:
 
     # -- offers --------------------------------------------------------------------------------
     async def offer(self, sdp: str, kind: str, *, room: str | None = None, prompt: str | None = None,
-                    role: str = "player", quality: str = "auto") -> dict:
+                    role: str = "player", quality: str = "auto", join: bool = False) -> dict:
+        """join=True adds another steering view to an existing room (the widget displayed twice)."""
         if self.closed:
             raise OfferError(503, "shutting_down", "the server is shutting down")
-        if role == "viewer":
+        if role == "viewer" or (join and room in self.rooms):
             if room not in self.rooms:
                 raise OfferError(404, "unknown_room", f"no live room {room!r}")
-            return await self._answer(self.rooms[room], sdp, kind, viewer=True)
-        prompt = prompt or "a walk in the forest"
-        env.check_prompt(prompt)
+            return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
         if room is not None and room in self.rooms:
             raise OfferError(409, "room_taken", f"room {room!r} already has a player")
+        r = await self.create_room(prompt, room=room, quality=quality)
+        try:
+            return await self._answer(r, sdp, kind, viewer=False)
+        except Exception:
+            await self._close_room(r)
+            raise
+
+    async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto") -> Room:
+        """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs)."""
+        prompt = prompt or "a walk in the forest"
+        env.check_prompt(prompt)
         loop = asyncio.get_running_loop()
         state = await loop.run_in_executor(None, start_session, self.model, prompt, self.seed)
         session = Session(state, prompt, fps_target=self.fps, room=room)
-        r = Room(session.room, session, None, MediaRelay(), quality=quality)
+        r = Room(session.room, session, None, MediaRelay(), quality=quality, model=self.model,
+                 scheduler=self.scheduler)
         r.track = RoomTrack(session, codec=self.codec, keyframe_interval_s=self.kf,
                             on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
                             frame_shape=tuple(self.model.frame_shape))
@@ -88,11 +102,28 @@ class PeerHub:
         self.rooms[r.id] = r
         self.scheduler.add(session)
         self._spawn(self._stats_loop(r))
-        try:
-            return await self._answer(r, sdp, kind, viewer=False)
-        except Exception:
-            await self._close_room(r)
-            raise
+        return r
+
+    async def switch_model(self, room: Room, model, scheduler) -> None:
+        """Hot-switch a live room to another model variant, prefilled from its recent frames."""
+        s = room.session
+        if model is room.model:
+            return
+        recent = list(s.recent)
+        if len(recent) < 2:
+            raise ValueError("the session has not produced enough frames to switch models yet")
+        frames = np.stack([f for f, _k in recent])
+        actions = [k for _f, k in recent[1:]]
+
+        def prefill():
+            state = model.init_state(s.prompt)
+            model.prefill(state, frames, actions)
+            return state
+
+        state = await asyncio.get_running_loop().run_in_executor(None, prefill)
+        room.scheduler.detach(s)
+        s.state, room.model, room.scheduler = state, model, scheduler
+        scheduler.add(s)
 
     async def _answer(self, room: Room, sdp: str, kind: str, *, viewer: bool) -> dict:
         pc = RTCPeerConnection()
@@ -171,7 +202,7 @@ class PeerHub:
         out = {k: v for k, v in m.summary().items() if v is not None}
         out.update({"fps_target": s.fps_target, "fps_actual": m.rate("sent"),
                     "drop_pct": drop_pct, "bitrate_kbps": m.rate("bytes") * 8 / 1000,
-                    "kv_bytes": self.model.kv_bytes(s.state), "relay_pct": 0.0,
+                    "kv_bytes": room.model.kv_bytes(s.state), "relay_pct": 0.0,
                     "rung": room.track.rung, "quality": room.quality, "viewers": room.viewers,
                     "frame_id": s.frame_id, "session": s.id, "room": room.id})
         return out
@@ -216,7 +247,7 @@ class PeerHub:
 
     async def _close_room(self, room: Room) -> None:
         self.rooms.pop(room.id, None)
-        self.scheduler.remove(room.session)
+        room.scheduler.remove(room.session)
         room.track.stop()
         for pc in list(room.pcs):
             room.pcs.discard(pc)

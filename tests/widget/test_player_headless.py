@@ -1,0 +1,33 @@
+"""The widget's Python side without a front end (as under papermill): it runs, records, snapshots,
+hot-switches and closes without leaving threads or peers behind."""
+
+import threading
+
+import numpy as np
+
+from worldlab import env
+from worldlab.engine.oracle import EnvOracle
+from worldlab.widget import Player
+
+
+def worker_threads():
+    return [t for t in threading.enumerate() if t.name == "worldlab-model"]
+
+
+def test_headless_player_records_and_closes_cleanly():
+    before = len(worker_threads())
+    p = Player(EnvOracle(seed=2), prompt="a snowy field", fps=30)
+    try:
+        ds = p.record(1.0)
+        assert 24 <= ds.sizes["frame"] <= 34 and float(ds["fps_actual"]) >= 24
+        assert (np.diff(ds["frame"].values) >= 1).all() and ds.attrs["frontend"] == "none attached"
+        assert float(ds["model_ms"].median()) < 5  # the oracle is cheap
+        frame = p.snapshot()
+        assert frame.shape == (64, 64, 3)
+        assert np.abs(frame[1, 1].astype(int) - env.background("snow")[0, 0]).max() == 0
+        st = p.stats
+        assert st["fps_target"] == 30 and st["frontend"] == "none attached" and st["g2g_ms"] is None
+    finally:
+        p.close()
+    assert p.status == "closed" and not p.hub.pcs and not p.hub.rooms
+    assert len(worker_threads()) == before

@@ -1,0 +1,269 @@
+"""`Player`: the live world model inside a notebook, over WebRTC from the kernel (anywidget).
+
+Signaling rides the widget comm; media runs on a background asyncio thread ("worldlab-media") so the
+stream keeps going while other cells execute. Without a front end (papermill) the session still runs and
+records kernel-side metrics; when WebRTC cannot connect, JPEG frames go over the comm instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import io
+import pathlib
+import threading
+import time
+import weakref
+
+import anywidget
+import numpy as np
+import traitlets
+
+from worldlab.engine import Scheduler
+from worldlab.engine.metrics import METRICS
+from worldlab.transport import protocol
+from worldlab.transport.peer import PeerHub
+
+HERE = pathlib.Path(__file__).resolve().parent
+STATIC = HERE.parent / "static"
+FALLBACK_FPS = 10.0
+LAST_VIEW_GRACE_S = 5.0  # a re-rendered output gets this long to reattach before the session closes
+
+
+class MediaLoop:
+    """One daemon thread running the asyncio loop that owns every peer connection and track."""
+
+    _instance = None
+    _lock = threading.Lock()
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="worldlab-media", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> "MediaLoop":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = MediaLoop()
+            return cls._instance
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro, timeout: float = 60.0):
+        return self.run(coro).result(timeout)
+
+
+class ModelPool:
+    """Model variants by toggle setting, each with its own scheduler thread, started on first use."""
+
+    def __init__(self, checkpoint=None, base_model=None):
+        self.checkpoint = checkpoint
+        self.variants: dict[tuple, tuple] = {}
+        self.base_model = base_model
+
+    def get(self, weights: str, window: str, kv: str):
+        if self.base_model is not None and not hasattr(self.base_model, "net") and self.variants:
+            return next(iter(self.variants.values()))  # the oracle has no weights or cache to toggle
+        key = (weights, window, kv)
+        if key not in self.variants:
+            if self.base_model is not None and not self.variants:
+                model = self.base_model
+            else:
+                import torch
+
+                from worldlab.model import load_model
+
+                torch.set_num_threads(1)
+                model = load_model(self.checkpoint, weights=weights, kv=kv, window=window)
+            self.variants[key] = (model, Scheduler(model, name="worldlab-model").start())
+        return self.variants[key]
+
+    def stop(self) -> None:
+        for _model, sched in self.variants.values():
+            sched.stop()
+        self.variants.clear()
+
+
+_live: "weakref.WeakSet[Player]" = weakref.WeakSet()
+
+
+class Player(anywidget.AnyWidget):
+    """Play the world model live in a notebook cell: Player(prompt="a snowy forest")."""
+
+    _esm = (STATIC / "player.js").read_text() + "\n" + (HERE / "widget.js").read_text()
+    _css = (HERE / "widget.css").read_text()
+    prompt = traitlets.Unicode("a walk in the forest").tag(sync=True)
+    size = traitlets.Int(384).tag(sync=True)
+    fps = traitlets.Float(30.0).tag(sync=True)
+    weights = traitlets.Unicode("fp32").tag(sync=True)
+    window = traitlets.Unicode("short").tag(sync=True)
+    kv = traitlets.Unicode("none").tag(sync=True)
+    status = traitlets.Unicode("starting").tag(sync=True)
+    mode = traitlets.Unicode("none").tag(sync=True)  # "webrtc" | "fallback" | "none" (no front end yet)
+
+    def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
+                 size: int = 384, *, checkpoint=None, weights="fp32", window="short", kv="none", **kw):
+        super().__init__(prompt=prompt, fps=fps, size=size, weights=weights, window=window, kv=kv, **kw)
+        if isinstance(model_or_session, (str, pathlib.Path)):
+            checkpoint, model_or_session = model_or_session, None
+        self.media = MediaLoop.get()
+        self.pool = ModelPool(checkpoint, base_model=model_or_session)
+        model, sched = self.pool.get(weights, window, kv)
+        self.hub = PeerHub(model, sched, fps=fps)
+        self.room = self.media.call(self.hub.create_room(prompt))
+        self.views = 0
+        self._frontend: dict = {}
+        self._frontend_at = 0.0
+        self._fallback_task = None
+        self._close_timer = None
+        self.on_msg(self._on_msg)
+        self.observe(self._on_toggle, names=["weights", "window", "kv"])
+        self.status = "live"
+        _live.add(self)
+
+    # -- comm messages from the front end -------------------------------------------------------
+    def _on_msg(self, _widget, content, _buffers):
+        kind = content.get("type")
+        if kind == "offer":
+            self._cancel_close()
+            self.views += 1
+            fut = self.media.run(self.hub.offer(content["sdp"], "offer", room=self.room.id, join=True))
+            fut.add_done_callback(lambda f, mid=content.get("id"): self._answer(mid, f))
+        elif kind == "frontend_stats":
+            self._frontend, self._frontend_at = content.get("stats") or {}, time.monotonic()
+            self.mode = "webrtc"
+        elif kind == "fallback":
+            self.mode = "fallback"
+            if self._fallback_task is None:
+                self._fallback_task = self.media.run(self._send_jpegs())
+        elif kind == "ctl":
+            self._apply_ctl(content.get("msg") or {})
+        elif kind == "view_closed":
+            self.views = max(0, self.views - 1)
+            if self.views == 0:
+                self._schedule_close()
+
+    def _answer(self, mid, fut) -> None:
+        try:
+            ans = fut.result()
+            self.send({"type": "answer", "id": mid, "sdp": ans["sdp"], "sdp_type": ans["type"],
+                       "session": ans["session"], "room": ans["room"]})
+        except Exception as exc:  # the view shows the message and falls back to JPEG
+            self.send({"type": "offer_error", "id": mid, "message": str(exc)})
+
+    def _apply_ctl(self, msg: dict) -> None:
+        try:
+            parsed = protocol.parse(protocol.encode(msg.get("type", ""), seq=0, **{k: v for k, v in msg.items()
+                                                                                  if k != "type"}))
+        except protocol.ProtocolError as exc:
+            self.send({"type": "error", "code": exc.code, "message": str(exc)})
+            return
+        s = self.room.session
+        if parsed.type == "action":
+            s.set_action(parsed.body["keys"], s._seq + 1)
+        elif parsed.type == "prompt":
+            s.set_prompt(parsed.body["text"], s._seq + 1)
+
+    async def _send_jpegs(self) -> None:
+        from PIL import Image
+
+        s = self.room.session
+        scale = max(1, self.size // 64)
+        while self.status == "live" and self.mode == "fallback":
+            frame = self.snapshot()
+            if frame is not None:
+                buf = io.BytesIO()
+                Image.fromarray(frame.repeat(scale, 0).repeat(scale, 1)).save(buf, "JPEG", quality=80)
+                self.send({"type": "jpeg", "frame_id": s.frame_id}, buffers=[buf.getvalue()])
+            await asyncio.sleep(1.0 / FALLBACK_FPS)
+
+    # -- toggles --------------------------------------------------------------------------------
+    def _on_toggle(self, change) -> None:
+        try:
+            model, sched = self.pool.get(self.weights, self.window, self.kv)
+            self.media.call(self.hub.switch_model(self.room, model, sched))
+        except Exception as exc:
+            self.send({"type": "error", "code": "switch_failed", "message": str(exc)})
+            raise
+
+    # -- the Python API -------------------------------------------------------------------------
+    @property
+    def frontend_attached(self) -> bool:
+        return self.views > 0 and time.monotonic() - self._frontend_at < 3.0
+
+    @property
+    def stats(self) -> dict:
+        """The live metric dictionary: server-side stages plus what the page measured (g2g, rtt, decode)."""
+        st = self.hub.stats(self.room)
+        fe = self._frontend if self.frontend_attached else {}
+        for k in ("capture_ms", "rtt_ms", "decode_ms", "g2g_ms", "g2g_ms_p95"):
+            st[k] = fe.get(k)
+        st["fps_displayed"] = fe.get("fps_actual")
+        st["frontend"] = "attached" if fe else "none attached"
+        st["mode"] = self.mode
+        return {k: st.get(k) for k in (*METRICS, "g2g_ms_p95", "fps_displayed", "frontend", "mode", "rung",
+                                       "frame_id", "room")}
+
+    def snapshot(self) -> np.ndarray | None:
+        """The newest generated frame (64, 64, 3) uint8."""
+        with self.room.session.slot._cond:
+            f = self.room.session.slot._frame
+        return None if f is None else f.copy()
+
+    def record(self, seconds: float):
+        """Per-frame metrics for `seconds` of the live session as an xarray.Dataset (dim: frame)."""
+        import xarray as xr
+
+        if seconds <= 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        s = self.room.session
+        s.frame_log = []
+        time.sleep(seconds)
+        log, s.frame_log = s.frame_log, None
+        if not self.frontend_attached:
+            print("worldlab Player: no front end attached; recording kernel-side metrics only")
+        t0 = log[0][0] if log else 0.0
+        arr = np.array(log, dtype=float).reshape(-1, 5)
+        st = self.stats
+        ds = xr.Dataset(
+            {"t_s": ("frame", arr[:, 0] - t0), "seq": ("frame", arr[:, 2].astype(int)),
+             "model_ms": ("frame", arr[:, 3]), "queue_ms": ("frame", arr[:, 4])},
+            coords={"frame": arr[:, 1].astype(int)},
+            attrs={"weights": self.weights, "window": self.window, "kv": self.kv, "prompt": s.prompt,
+                   "fps_target": self.fps, "kv_bytes": int(st["kv_bytes"] or 0), "frontend": st["frontend"],
+                   "seconds": float(seconds)})
+        ds["fps_actual"] = len(log) / seconds
+        return ds
+
+    def _schedule_close(self) -> None:
+        self._cancel_close()
+        self._close_timer = threading.Timer(LAST_VIEW_GRACE_S, lambda: self.views == 0 and self.close())
+        self._close_timer.daemon = True
+        self._close_timer.start()
+
+    def _cancel_close(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+
+    def close(self) -> None:
+        """Stop the session: peer connections closed, model workers joined; views show a message."""
+        if self.status == "closed":
+            return
+        self._cancel_close()
+        self.status = "closed"
+        try:
+            self.media.call(self.hub.close(), timeout=15)
+        finally:
+            self.pool.stop()
+            _live.discard(self)
+
+
+def close_all() -> None:
+    for p in list(_live):
+        p.close()
+
+
+atexit.register(close_all)
