@@ -49,6 +49,8 @@ class Room:
     scheduler: object = None
     good_since: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
+    persistent: bool = False  # widget rooms outlive their views; served rooms end with their player
+    on_players_gone: object = None  # called when a persistent room's last steering peer is gone
     bad_reads: int = 0
 
 
@@ -85,7 +87,8 @@ class PeerHub:
             await self._close_room(r)
             raise
 
-    async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto") -> Room:
+    async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
+                          persistent: bool = False) -> Room:
         """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs)."""
         prompt = prompt or "a walk in the forest"
         env.check_prompt(prompt)
@@ -93,7 +96,7 @@ class PeerHub:
         state = await loop.run_in_executor(None, start_session, self.model, prompt, self.seed)
         session = Session(state, prompt, fps_target=self.fps, room=room)
         r = Room(session.room, session, None, MediaRelay(), quality=quality, model=self.model,
-                 scheduler=self.scheduler)
+                 scheduler=self.scheduler, persistent=persistent)
         r.track = RoomTrack(session, codec=self.codec, keyframe_interval_s=self.kf,
                             on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
                             frame_shape=tuple(self.model.frame_shape))
@@ -243,7 +246,10 @@ class PeerHub:
                 room.viewers = max(0, room.viewers - 1)
             await pc.close()
         if not viewer and room.id in self.rooms:
-            await self._close_room(room)
+            if not room.persistent:
+                await self._close_room(room)
+            elif not room.pcs and room.on_players_gone is not None:
+                room.on_players_gone()
 
     async def _close_room(self, room: Room) -> None:
         self.rooms.pop(room.id, None)

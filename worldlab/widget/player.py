@@ -27,7 +27,8 @@ from worldlab.transport.peer import PeerHub
 HERE = pathlib.Path(__file__).resolve().parent
 STATIC = HERE.parent / "static"
 FALLBACK_FPS = 10.0
-LAST_VIEW_GRACE_S = 5.0  # a re-rendered output gets this long to reattach before the session closes
+LAST_VIEW_GRACE_S = 5.0
+HEARTBEAT_TIMEOUT_S = 10.0  # a re-rendered output gets this long to reattach before the session closes
 
 
 class MediaLoop:
@@ -112,7 +113,8 @@ class Player(anywidget.AnyWidget):
         self.pool = ModelPool(checkpoint, base_model=model_or_session)
         model, sched = self.pool.get(weights, window, kv)
         self.hub = PeerHub(model, sched, fps=fps)
-        self.room = self.media.call(self.hub.create_room(prompt))
+        self.room = self.media.call(self.hub.create_room(prompt, persistent=True))
+        self.room.on_players_gone = self._players_gone
         self.views = 0
         self._frontend: dict = {}
         self._frontend_at = 0.0
@@ -122,6 +124,20 @@ class Player(anywidget.AnyWidget):
         self.observe(self._on_toggle, names=["weights", "window", "kv"])
         self.status = "live"
         _live.add(self)
+        self._watchdog = self.media.run(self._watch_views())
+
+    def _players_gone(self) -> None:
+        """Every WebRTC view's peer connection is gone (closed tab: ICE consent expired)."""
+        self.views = 0
+        self._schedule_close()
+
+    async def _watch_views(self) -> None:
+        """JPEG-fallback views have no peer connection: a 1 s comm heartbeat silent for 10 s means gone.
+        (WebRTC views are judged by their connection instead, so a long-running cell never ends a session.)"""
+        while self.status == "live":
+            await asyncio.sleep(2.0)
+            if self.mode == "fallback" and self.views and time.monotonic() - self._frontend_at > HEARTBEAT_TIMEOUT_S:
+                self._players_gone()
 
     # -- comm messages from the front end -------------------------------------------------------
     def _on_msg(self, _widget, content, _buffers):
@@ -133,7 +149,8 @@ class Player(anywidget.AnyWidget):
             fut.add_done_callback(lambda f, mid=content.get("id"): self._answer(mid, f))
         elif kind == "frontend_stats":
             self._frontend, self._frontend_at = content.get("stats") or {}, time.monotonic()
-            self.mode = "webrtc"
+            if not self._frontend.get("fallback"):
+                self.mode = "webrtc"
         elif kind == "fallback":
             self.mode = "fallback"
             if self._fallback_task is None:
@@ -254,6 +271,7 @@ class Player(anywidget.AnyWidget):
             return
         self._cancel_close()
         self.status = "closed"
+        self._watchdog.cancel()
         try:
             self.media.call(self.hub.close(), timeout=15)
         finally:

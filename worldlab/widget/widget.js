@@ -107,7 +107,7 @@ function render({ model, el }) {
     }).catch((e) => startFallback(e.message));
   }
   const timer = setInterval(() => {
-    if (!fallback) model.send({ type: "frontend_stats", stats: player.stats() });
+    model.send({ type: "frontend_stats", stats: fallback ? { fallback: true, frames: player.frames } : player.stats() });
   }, 1000);
   return () => {
     clearInterval(timer);
