@@ -76,3 +76,16 @@ def chromium_browser(playwright):
             ctx.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def video_pixels(page, selector: str, size: int = 64):
+    """The picture in a <video> scaled back to the native size (size, size, 3) uint8, read in the page."""
+    import numpy as np
+
+    data = page.evaluate("""([sel, n]) => {
+      const v = document.querySelector(sel);
+      const c = document.createElement('canvas'); c.width = n; c.height = n;
+      const g = c.getContext('2d'); g.imageSmoothingEnabled = false; g.drawImage(v, 0, 0, n, n);
+      return Array.from(g.getImageData(0, 0, n, n).data);
+    }""", [selector, size])
+    return np.array(data, dtype=np.uint8).reshape(size, size, 4)[..., :3]

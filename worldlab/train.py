@@ -75,12 +75,22 @@ def lr_at(step: int, cfg: ModelConfig) -> float:
 
 
 def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: int | None = None,
-          progress: bool = True, log_every: int = 10, max_minutes: float | None = None) -> dict:
+          progress: bool = True, log_every: int = 10, max_minutes: float | None = None,
+          init: str | pathlib.Path | None = None, lr: float | None = None) -> dict:
+    """Train from scratch, or continue from `init` (a checkpoint of the same shape) with its own schedule."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     steps = steps or cfg.steps
-    cfg_run = ModelConfig(**{**cfg.to_dict(), "steps": steps})
+    cfg_run = ModelConfig(**{**cfg.to_dict(), "steps": steps, **({"lr": lr} if lr else {}),
+                             **({"warmup": 10} if init else {})})
     net = WorldTransformer(cfg_run)
+    if init is not None:
+        loaded, _calib, _extra, _digest = ckpt.load(init)
+        if loaded.cfg.to_dict() | {"steps": 0, "lr": 0, "warmup": 0} != cfg_run.to_dict() | {"steps": 0, "lr": 0, "warmup": 0}:
+            raise ValueError(f"--init checkpoint {init} has a different model config than preset {cfg.name!r}")
+        net.load_state_dict(loaded.state_dict())
+        if cfg.self_forcing_from > 0:  # a continued run starts in the self-forcing phase
+            cfg_run = ModelConfig(**{**cfg_run.to_dict(), "self_forcing_from": 0.0})
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     out = pathlib.Path(out)
     log_path = out.with_suffix(".metrics.jsonl")
@@ -101,7 +111,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
             inp, tgt = x[:, :-1], x[:, 1:]
             a, th = actions[:, :-1], themes[:, :-1]
             window = cfg.window_long if rng.random() < 0.5 else cfg.window_short
-            sf = step >= cfg.self_forcing_from * steps
+            sf = step >= cfg_run.self_forcing_from * steps
             if sf:
                 inp = self_forced_inputs(net, inp, a, th, window, rng, passes=int(rng.integers(1, 3)))
             pred = net.forward_seq(inp, a, th, window)
@@ -133,6 +143,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
         calib_batches.append((f.float()[:, :-1] / 255.0, a[:, :-1], th[:, :-1], cfg.window_long))
     calib = calibrate(net.eval(), calib_batches)
     summary = {"preset": cfg.name, "steps_done": len(history), "train_seconds": round(time.time() - t0, 1),
+               "init": str(init) if init else None,
                "final_psnr_avg_last50": float(np.mean([h["psnr"] for h in history[-50:]])),
                "torch_threads": torch.get_num_threads(), "seed": seed}
     digest = ckpt.save(out, net, calib, extra=summary)

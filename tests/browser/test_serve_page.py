@@ -8,21 +8,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, free_port, have_chromium, running
+from tests.browser_support import chromium_browser, free_port, have_chromium, running, video_pixels
 from worldlab import env
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
 
-PIXEL_JS = """() => {
-  const v = document.getElementById('video');
-  const c = document.createElement('canvas'); c.width = 64; c.height = 64;
-  const g = c.getContext('2d'); g.imageSmoothingEnabled = false; g.drawImage(v, 0, 0, 64, 64);
-  return Array.from(g.getImageData(0, 0, 64, 64).data);
-}"""
-
-
 def frame_of(page) -> np.ndarray:
-    return np.array(page.evaluate(PIXEL_JS), dtype=np.uint8).reshape(64, 64, 4)[..., :3]
+    return video_pixels(page, "#video")
 
 
 def near(color, theme) -> bool:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, free_port, have_chromium, running
+from tests.browser_support import chromium_browser, free_port, have_chromium, running, video_pixels
 from worldlab import env
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -21,12 +21,6 @@ ARTIFACTS = ROOT / "artifacts"
 TOKEN = "worldlab-test"
 SHIPPED = ROOT / "worldlab" / "checkpoints" / "tiny.safetensors"
 
-PIXELS = """() => {
-  const v = document.querySelector('.worldlab-player video');
-  const c = document.createElement('canvas'); c.width = 64; c.height = 64;
-  const g = c.getContext('2d'); g.imageSmoothingEnabled = false; g.drawImage(v, 0, 0, 64, 64);
-  return Array.from(g.getImageData(0, 0, 64, 64).data);
-}"""
 STATS = "document.querySelector('.worldlab-player').player.stats()"
 KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
@@ -34,7 +28,7 @@ KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
 
 
 def frame(page):
-    return np.array(page.evaluate(PIXELS), dtype=np.uint8).reshape(64, 64, 4)[..., :3]
+    return video_pixels(page, ".worldlab-player video")
 
 
 def run_cells(page, n, start=None):

@@ -24,6 +24,8 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="output .safetensors path (a .metrics.jsonl log goes beside it)")
     t.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default=None, help="continue from this checkpoint (same preset) instead of scratch")
+    t.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=run_train)
@@ -59,7 +61,8 @@ def run_train(args) -> int:
     from worldlab.train import train
 
     torch.set_num_threads(args.threads)
-    summary = train(preset(args.preset), args.out, seed=args.seed, steps=args.steps, progress=not args.json)
+    summary = train(preset(args.preset), args.out, seed=args.seed, steps=args.steps, progress=not args.json,
+                    init=args.init, lr=args.lr)
     print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
     return 0
 
