@@ -19,7 +19,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reaso
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 TOKEN = "worldlab-test"
-SHIPPED = ROOT / "worldlab" / "checkpoints" / "tiny.safetensors"
 
 STATS = "document.querySelector('.worldlab-player').player.stats()"
 KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
@@ -60,9 +59,10 @@ def output_with(page, marker, timeout=60):
 def lab(tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     nb = json.loads((ROOT / "notebooks" / "01_quickstart.ipynb").read_text())
-    if not SHIPPED.is_file():  # the environment oracle keeps the widget test meaningful without a checkpoint
-        src = "".join(nb["cells"][1]["source"])
-        nb["cells"][1]["source"] = src.replace('model_name = "tiny"', 'model_name = "oracle"')
+    # The widget is model-agnostic; the environment oracle makes "the agent moved" and "the theme changed"
+    # exact checks of the widget rather than of the model's fidelity (which `worldlab eval` measures).
+    src = "".join(nb["cells"][1]["source"])
+    nb["cells"][1]["source"] = src.replace('model_name = "tiny"', 'model_name = "oracle"')
     (work / "01_quickstart.ipynb").write_text(json.dumps(nb))
     port = free_port()
     argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
