@@ -65,15 +65,15 @@ def webrtc_run(pw, model: str, seconds: float) -> dict:
         first_frame = page.evaluate("window.worldlab.stats().first_frame_ms")
         page.evaluate("window.worldlab.historyLimit = 1e9; for (const k in window.worldlab.samples) window.worldlab.samples[k] = []")
         page.locator("body").click()
-        f0, t0 = page.evaluate("window.worldlab.frames"), time.monotonic()
+        f0, n0, t0 = page.evaluate("window.worldlab.frames"), page.evaluate("window.worldlab.newFrames || 0"), time.monotonic()
         press_keys(page, seconds)
-        f1, dt = page.evaluate("window.worldlab.frames"), time.monotonic() - t0
+        f1, n1, dt = page.evaluate("window.worldlab.frames"), page.evaluate("window.worldlab.newFrames || 0"), time.monotonic() - t0
         samples = page.evaluate("window.worldlab.samples")
         st = page.evaluate("window.worldlab.stats()")
         server = st["server"]
     g2g = pcts(samples["g2g_ms"])
     return {
-        "fps_actual": (f1 - f0) / dt, "seconds": dt, "fps_target": server.get("fps_target"),
+        "fps_actual": (f1 - f0) / dt, "fps_new_frames": (n1 - n0) / dt, "seconds": dt, "fps_target": server.get("fps_target"),
         "drop_pct": server.get("drop_pct"), "interval_ms_p95": pcts(samples["interval_ms"])["p95"],
         "g2g_ms": g2g, "offer_to_first_frame_ms": first_frame,
         "stages_ms_p50": {"capture_ms": pcts(samples["capture_ms"])["p50"], "queue_ms": server.get("queue_ms"),

@@ -228,6 +228,7 @@ export class Player {
       this.height = md.height;
       const fid = md.rtpTimestamp !== undefined ? this._frameIdFor(md.rtpTimestamp) : null;
       if (fid !== null) {
+        if (fid !== this.lastFrameId) this.newFrames = (this.newFrames || 0) + 1; // repeats excluded
         this.presented.push([fid, shown]);
         if (this.presented.length > HISTORY) this.presented.shift();
         this.lastFrameId = fid;
@@ -273,7 +274,8 @@ export class Player {
       fps_actual: this.fpsActual(), fps_target: this.server.fps_target ?? null,
       g2g_ms: pct(s.g2g_ms, 50), g2g_ms_p95: pct(s.g2g_ms, 95), g2g_count: s.g2g_ms.length,
       rtt_ms: pct(s.rtt_ms, 50), capture_ms: pct(s.capture_ms, 50), decode_ms: pct(s.decode_ms, 50),
-      interval_ms_p95: pct(s.interval_ms, 95), frames: this.frames, frame_id: this.lastFrameId ?? null,
+      interval_ms_p95: pct(s.interval_ms, 95), frames: this.frames, new_frames: this.newFrames || 0,
+      frame_id: this.lastFrameId ?? null,
       dropped_frames: q ? q.droppedVideoFrames : null, first_frame_ms: this.firstFrameMs,
       rtp_locked: this.rtpOrigin !== null, width: this.width ?? null, height: this.height ?? null,
       server: this.server, state: this.state, switch_ms: this.lastSwitchMs ?? null,

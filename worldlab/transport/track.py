@@ -86,7 +86,8 @@ class RoomTrack(MediaStreamTrack):
         if packet is None:
             raise MediaStreamError
         self.session.metrics.event("bytes", packet.size)
-        self.session.metrics.event("sent")
+        if new:  # fps_actual counts new model frames only; repeats (a late model) do not count
+            self.session.metrics.event("sent")
         self.sent += 1
         if self.on_frame is not None and meta is not None:
             self.on_frame(meta.frame_id, pts, meta, emit)
