@@ -89,8 +89,6 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
         if loaded.cfg.to_dict() | {"steps": 0, "lr": 0, "warmup": 0} != cfg_run.to_dict() | {"steps": 0, "lr": 0, "warmup": 0}:
             raise ValueError(f"--init checkpoint {init} has a different model config than preset {cfg.name!r}")
         net.load_state_dict(loaded.state_dict())
-        if cfg.self_forcing_from > 0:  # a continued run starts in the self-forcing phase
-            cfg_run = ModelConfig(**{**cfg_run.to_dict(), "self_forcing_from": 0.0})
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     out = pathlib.Path(out)
     log_path = out.with_suffix(".metrics.jsonl")
