@@ -32,3 +32,22 @@ def test_kernel_bench_json_reports_storage_and_accuracy():
     assert res["accuracy"]["matmul_sqnr_db"]["heavy"]["w4a4:smooth0.5+lowrank32"] >= 24.0
     if res["device"] == "cpu":
         assert "needs CUDA" in res["speed"]["skipped"]
+
+
+def test_lab_keeps_the_token_unless_asked_and_only_on_loopback():
+    out = run("lab", "--dry-run", "--no-browser")
+    assert out.returncode == 0, out.stderr
+    assert "notebooks/01_quickstart.ipynb" in out.stdout and "--ServerApp.ip=127.0.0.1" in out.stdout
+    assert "IdentityProvider.token" not in out.stdout  # the normal token URL is printed by jupyter
+    out = run("lab", "--dry-run", "--no-token")
+    assert "--IdentityProvider.token=" in out.stdout
+    out = run("lab", "--dry-run", "--no-token", "--host", "0.0.0.0")
+    assert out.returncode == 2 and "only allowed on loopback" in out.stderr
+
+
+def test_bad_cli_input_is_one_clear_line():
+    out = run("eval", "--checkpoint", "/nonexistent.safetensors")
+    assert out.returncode == 2 and "checkpoint not found: /nonexistent.safetensors" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run("train", "--preset", "huge", "--out", "/tmp/x.safetensors")
+    assert out.returncode == 2 and "unknown preset 'huge'" in out.stderr
