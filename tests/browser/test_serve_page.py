@@ -74,3 +74,13 @@ def test_player_page_end_to_end(server, tmp_path):
         assert f'worldlab_fps_actual{{room="{room}"}}' in metrics and "worldlab_model_ms" in metrics
         health = json.loads(urllib.request.urlopen(base + "/healthz").read())
         assert health["ok"] and health["rooms"] == 1 and health["peers"] == 2
+
+        # Reconnect without reloading: a new offer, a new room; the old room (and its spectator) is gone.
+        old_session = st["server"]["session"]
+        page.click("#reconnect")
+        page.wait_for_function(f"window.worldlab.stats().rtp_locked && window.worldlab.stats().server.session "
+                               f"&& window.worldlab.stats().server.session !== '{old_session}'", timeout=20000)
+        page.wait_for_function("window.worldlab.stats().frames > 10", timeout=10000)
+        page.wait_for_timeout(500)
+        health = json.loads(urllib.request.urlopen(base + "/healthz").read())
+        assert health["rooms"] == 1 and health["peers"] == 1
