@@ -63,6 +63,7 @@ def test_player_page_end_to_end(server, tmp_path):
         assert st["width"] == 256 and st["server"]["fps_target"] == 30
         overlay = page.locator("#overlay")
         assert float(overlay.get_attribute("data-fps")) > 0 and overlay.get_attribute("data-g2g") != "–"
+        assert overlay.get_attribute("data-offscreen") == "true"  # drawn off the main thread
 
         room = st["server"]["room"]
         viewer = ctx.new_page()

@@ -7,6 +7,43 @@ const KEYMAP = {
 };
 const HISTORY = 600; // frames / samples kept for mapping and percentiles
 
+// The overlay is drawn in a worker through an OffscreenCanvas where the browser has one, so text
+// rendering never competes with video decode/compositing on the main thread.
+const OVERLAY_WORKER = `let ctx = null;
+onmessage = (e) => {
+  if (e.data.canvas) { ctx = e.data.canvas.getContext("2d"); return; }
+  if (!ctx) return;
+  const lines = e.data.lines, w = ctx.canvas.width, h = ctx.canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  ctx.fillStyle = "rgba(0,0,0,0.55)"; ctx.fillRect(0, 0, w, 16 * lines.length + 8);
+  ctx.fillStyle = "#fff"; ctx.font = "12px monospace";
+  lines.forEach((l, i) => ctx.fillText(l, 6, 16 * (i + 1)));
+};`;
+
+function overlayPainter(canvas) {
+  if (canvas.transferControlToOffscreen && typeof Worker !== "undefined") {
+    try {
+      const url = URL.createObjectURL(new Blob([OVERLAY_WORKER], { type: "text/javascript" }));
+      const worker = new Worker(url);
+      const off = canvas.transferControlToOffscreen();
+      worker.postMessage({ canvas: off }, [off]);
+      return { offscreen: true, paint: (lines) => worker.postMessage({ lines }) };
+    } catch (e) { /* fall through to the main-thread canvas */ }
+  }
+  return {
+    offscreen: false,
+    paint: (lines) => {
+      const ctx = canvas.getContext("2d");
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      ctx.fillStyle = "rgba(0,0,0,0.55)";
+      ctx.fillRect(0, 0, canvas.width, 16 * lines.length + 8);
+      ctx.fillStyle = "#fff";
+      ctx.font = "12px monospace";
+      lines.forEach((l, i) => ctx.fillText(l, 6, 16 * (i + 1)));
+    },
+  };
+}
+
 function pct(values, q) {
   if (!values.length) return null;
   const s = [...values].sort((a, b) => a - b);
@@ -293,13 +330,9 @@ export class Player {
       `drop ${f(this.server.drop_pct, 1)} %  ${st.width ?? "?"}x${st.height ?? "?"} ${this.server.rung ?? ""}`,
       `model ${f(this.server.model_ms, 1)} ms  ${f(this.server.bitrate_kbps)} kbps`,
     ];
-    const ctx = c.getContext("2d");
-    ctx.clearRect(0, 0, c.width, c.height);
-    ctx.fillStyle = "rgba(0,0,0,0.55)";
-    ctx.fillRect(0, 0, c.width, 16 * lines.length + 8);
-    ctx.fillStyle = "#fff";
-    ctx.font = "12px monospace";
-    lines.forEach((l, i) => ctx.fillText(l, 6, 16 * (i + 1)));
+    if (!this.painter) this.painter = overlayPainter(c); // the canvas can be transferred only once
+    this.painter.paint(lines);
+    c.dataset.offscreen = String(this.painter.offscreen);
     c.dataset.fps = f(st.fps_actual, 1);
     c.dataset.g2g = f(st.g2g_ms);
   }
