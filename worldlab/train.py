@@ -1,6 +1,6 @@
 """Train a world model from scratch on the procedural environment (`worldlab train --preset tiny`).
 
-Teacher-forced parallel passes plus self-forcing: later in training, the model's own (uint8-rounded)
+Teacher-forced parallel passes plus self-forcing: later in training, the model's own (rendered)
 predictions replace ground-truth inputs for a suffix of each sequence, so it learns to correct its drift.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from worldlab import env
-from worldlab.config import ModelConfig, preset
+from worldlab.config import ModelConfig
 from worldlab.model import checkpoint as ckpt
 from worldlab.model.quantize import calibrate
-from worldlab.model.transformer import WorldTransformer
+from worldlab.model.transformer import WorldTransformer, fit_codebook
 
 TRAIN_SEED_MIN = 1000  # evaluation uses seeds below this: they never appear in training
 
@@ -50,17 +50,13 @@ def make_batch(cfg: ModelConfig, rng: np.random.Generator, batch: int, switch_pr
     return (torch.from_numpy(frames), torch.from_numpy(actions), torch.from_numpy(themes), torch.from_numpy(mask))
 
 
-def quantize_pixels(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255.0).round() / 255.0
-
-
 def self_forced_inputs(net, x, a, th, window, rng, passes: int) -> torch.Tensor:
     """Replace a suffix of the inputs by the model's own predictions (1..passes steps of compounding)."""
     inp = x.clone()
     B, Fm1 = x.shape[:2]
     with torch.no_grad():
         for _ in range(passes):
-            pred = quantize_pixels(net.forward_seq(inp, a, th, window))  # pred[:, t] estimates x[:, t+1]
+            pred = net.render(net.forward_seq(inp, a, th, window))  # pred[:, t] estimates x[:, t+1]
             start = torch.from_numpy(rng.integers(1, Fm1, size=B))
             use = (torch.arange(1, Fm1)[None] >= start[:, None]).float()[..., None, None, None]  # (B, F-2,...)
             inp[:, 1:] = use * pred[:, :-1] + (1 - use) * x[:, 1:]
@@ -84,6 +80,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
     cfg_run = ModelConfig(**{**cfg.to_dict(), "steps": steps, **({"lr": lr} if lr else {}),
                              **({"warmup": 10} if init else {})})
     net = WorldTransformer(cfg_run)
+    net.codebook.copy_(fit_codebook(make_batch(cfg_run, rng, 64, 0.0)[0].float() / 255.0, cfg.codebook))
     if init is not None:
         loaded, _calib, _extra, _digest = ckpt.load(init)
         if loaded.cfg.to_dict() | {"steps": 0, "lr": 0, "warmup": 0} != cfg_run.to_dict() | {"steps": 0, "lr": 0, "warmup": 0}:
@@ -111,17 +108,22 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
             window = cfg.window_long if rng.random() < 0.5 else cfg.window_short
             sf = step >= cfg_run.self_forcing_from * steps
             if sf:
-                inp = self_forced_inputs(net, inp, a, th, window, rng, passes=int(rng.integers(1, 3)))
-            pred = net.forward_seq(inp, a, th, window)
-            changed = (tgt != inp).any(-1, keepdim=True).float()
-            w = (1.0 + 4.0 * changed) * mask[:, :, None, None, None]  # sprites are few pixels: weigh them up
-            loss = ((pred - tgt) ** 2 * w).sum() / (w.sum() * 3 + 1e-8) * 3
+                inp = self_forced_inputs(net, inp, a, th, window, rng, passes=int(rng.integers(1, cfg.self_forcing_passes + 1)))
+            logits = net.forward_seq(inp, a, th, window)  # (B, F-1, H, W, K)
+            target = net.codes(tgt)  # (B, F-1, H, W)
+            changed = (target != net.codes(inp)).float()  # (B, F-1, H, W)
+            # Sprites are few pixels: weigh changed pixels up, but not on a theme-switch frame (every pixel
+            # changes there; boosting it would drown the sprites' gradient).
+            sprite_frames = (changed.mean((2, 3)) < 0.5).float()[:, :, None, None]
+            w = (1.0 + 4.0 * changed * sprite_frames) * mask[:, :, None, None]
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none")
+            loss = (ce * w.flatten()).sum() / (w.sum() + 1e-8)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             with torch.no_grad():
-                mse = (((pred.clamp(0, 1) - tgt) ** 2).mean((2, 3, 4)) * mask).sum() / mask.sum()
+                mse = (((net.render(logits) - tgt) ** 2).mean((2, 3, 4)) * mask).sum() / mask.sum()
             rec = {"step": step, "loss": loss.item(), "psnr": float(-10 * torch.log10(mse + 1e-12)),
                    "lr": opt.param_groups[0]["lr"], "self_forcing": sf, "elapsed_s": round(time.time() - t0, 1)}
             history.append(rec)

@@ -10,14 +10,15 @@ import torch
 from worldlab import env
 from worldlab.config import preset
 from worldlab.model import WorldModel, load_model, start_session
-from worldlab.model.transformer import WorldTransformer
 
 
 def test_training_lowers_the_loss_and_logs_metrics(micro_ckpt):
     path, summary = micro_ckpt
     log = [json.loads(line) for line in open(path.with_suffix(".metrics.jsonl"))]
     assert len(log) == summary["steps_done"] == preset("micro").steps
-    first, last = np.mean([r["loss"] for r in log[:5]]), np.mean([r["loss"] for r in log[-5:]])
+    teacher_forced = [r["loss"] for r in log if not r["self_forcing"]]  # self-forced inputs are harder
+    assert any(r["self_forcing"] for r in log)
+    first, last = np.mean(teacher_forced[:8]), np.mean(teacher_forced[-8:])
     assert last < 0.7 * first
 
 
@@ -35,14 +36,14 @@ def test_streaming_steps_match_the_parallel_training_pass(micro_ckpt, window):
     a = torch.tensor([[env.action_id(k) for k in acts] + [4]])
     th = torch.full_like(a, env.THEMES.index("snow"))
     with torch.no_grad():
-        par = m.net.forward_seq(x, a, th, m.window).clamp(0, 1)[0]  # (13, 64, 64, 3)
+        par = m.net.forward_seq(x, a, th, m.window)[0]  # (13, 64, 64, K) logits
     s = m.init_state("snow")
     m.prefill(s, frames[:2], acts[:1])
     for t in range(1, 12):
         s.last = x[0, t]  # teacher forcing through the streaming path
         s.next_id = t
-        out = m._advance([s], x[:, t], torch.tensor([a[0, t]]), th[:, t])
-        s.history[t] = (x[0, t], int(a[0, t]))
+        out = m._advance([s], x[:, t], x[:, t - 1], torch.tensor([a[0, t]]), th[:, t])
+        s.history[t] = (x[0, t], int(a[0, t]), x[0, t - 1])
         m._evict(s)
         assert torch.allclose(out[0], par[t], atol=2e-5), f"frame {t}"
 

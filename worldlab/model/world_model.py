@@ -25,7 +25,9 @@ class SessionState:
     caches: list
     next_id: int = 0  # frame id the next block gets
     last: torch.Tensor | None = None  # (H, W, 3) in [0, 1]: the newest frame, not yet in the cache
-    history: dict = field(default_factory=dict)  # frame id -> (input frame, action id) for frames in the cache
+    prev: torch.Tensor | None = None  # (H, W, 3): the frame before `last` (motion input)
+    # frame id -> (input frame, action id, its predecessor) for the frames in the cache
+    history: dict = field(default_factory=dict)
     frames_generated: int = 0
 
 
@@ -75,9 +77,9 @@ class TransformerWorldModel:
         self.reset(state)
         x = to_float(frames, self.device)
         for f in range(len(frames) - 1):
-            state.history[f] = (x[f], ids[f])
+            state.history[f] = (x[f], ids[f], x[max(f - 1, 0)])
         state.next_id = len(frames) - 1
-        state.last = x[-1]
+        state.last, state.prev = x[-1], x[-2]
         self._rebuild(state)
 
     @torch.inference_mode()
@@ -91,13 +93,14 @@ class TransformerWorldModel:
                 raise ValueError("step before prefill: call prefill (or start_session) first")
         act = torch.tensor([env.action_id(a) for a in actions], device=self.device)
         inputs = torch.stack([s.last for s in states])  # (B, H, W, 3)
+        prevs = torch.stack([s.prev for s in states])  # (B, H, W, 3)
         themes = torch.tensor([env.THEMES.index(s.theme) for s in states], device=self.device)
-        pred = self._advance(states, inputs, act, themes)
-        out = to_uint8(pred)
+        out = to_uint8(self.net.render(self._advance(states, inputs, prevs, act, themes)))
         for i, s in enumerate(states):
-            s.history[s.next_id] = (inputs[i], int(act[i]))
+            s.history[s.next_id] = (inputs[i], int(act[i]), prevs[i])
             s.next_id += 1
             s.frames_generated += 1
+            s.prev = inputs[i]
             s.last = torch.as_tensor(out[i], device=self.device).to(torch.float32) / 255.0
             self._evict(s)
             if self.anchor_every and s.frames_generated % self.anchor_every == 0:
@@ -113,7 +116,7 @@ class TransformerWorldModel:
         for c in state.caches:
             c.reset()
         state.history.clear()
-        state.next_id, state.last, state.frames_generated = 0, None, 0
+        state.next_id, state.last, state.prev, state.frames_generated = 0, None, None, 0
 
     def kv_bytes(self, state: SessionState) -> int:
         return sum(c.kv_bytes() for c in state.caches)
@@ -146,19 +149,21 @@ class TransformerWorldModel:
             return
         ids = sorted(s.history)
         frames = torch.stack([s.history[f][0] for f in ids])[None]  # (1, F, H, W, 3)
+        prev = torch.stack([s.history[f][2] for f in ids])[None]  # (1, F, H, W, 3)
         acts = torch.tensor([[s.history[f][1] for f in ids]], device=self.device)
         themes = torch.full_like(acts, env.THEMES.index(s.theme))
         fid = torch.tensor(ids, device=self.device)
-        _, kvs = self.net.forward_seq(frames, acts, themes, self.window, frame_ids=fid, return_kv=True)
+        _, kvs = self.net.forward_seq(frames, acts, themes, self.window, frame_ids=fid, return_kv=True, prev=prev)
         T = self.cfg.tokens_per_frame
         for c, (k, v) in zip(s.caches, kvs):
             for j, f in enumerate(ids):
                 c.append_frame(k[:, :, j * T:(j + 1) * T], v[:, :, j * T:(j + 1) * T], frame_id=f)
 
-    def _advance(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor) -> torch.Tensor:
-        """One block for each session: inputs (B, H, W, 3) -> predicted next frames (B, H, W, 3)."""
+    def _advance(self, states, inputs: torch.Tensor, prevs: torch.Tensor, act: torch.Tensor,
+                 themes: torch.Tensor) -> torch.Tensor:
+        """One block for each session: inputs, prevs (B, H, W, 3) -> next-frame logits (B, H, W, K)."""
         net = self.net
-        x = net.embed(inputs[:, None], act[:, None], themes[:, None])[:, 0]  # (B, T, d)
+        x = net.embed(inputs[:, None], act[:, None], themes[:, None], prevs[:, None])[:, 0]  # (B, T, d)
         for layer, blk in enumerate(net.blocks):
             q, k, v = blk.split_qkv(x)  # each (B, H, T, Dh)
             outs = []
@@ -167,4 +172,4 @@ class TransformerWorldModel:
                 cache.append_frame(k[i:i + 1], v[i:i + 1], frame_id=s.next_id)
                 outs.append(cache.attend(q[i:i + 1], s.next_id, net.slopes))
             x = blk.finish(x, torch.cat(outs))
-        return net.decode(x[:, None], inputs[:, None])[:, 0].clamp(0, 1)
+        return net.decode(x[:, None], inputs[:, None], prevs[:, None], act[:, None])[:, 0]
