@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -17,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stream_bench import pcts, press_keys, webrtc_run  # noqa: E402
-from tests.browser_support import chromium_browser, free_port, running  # noqa: E402
+from tests.browser_support import chromium_browser, jupyter_lab_on_quickstart  # noqa: E402
 
 TOKEN = "worldlab-bench"
 STATS = "document.querySelector('.worldlab-player').player"
@@ -25,20 +24,9 @@ STATS = "document.querySelector('.worldlab-player').player"
 
 def widget_run(pw, model: str, seconds: float) -> dict:
     work = pathlib.Path(tempfile.mkdtemp(prefix="worldlab-lab-"))
-    nb = json.loads((ROOT / "notebooks" / "01_quickstart.ipynb").read_text())
-    src = "".join(nb["cells"][1]["source"])
-    nb["cells"][1]["source"] = src.replace('model_name = "tiny"', f'model_name = "{model}"')
-    (work / "q.ipynb").write_text(json.dumps(nb))
-    port = free_port()
-    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={work}", "--expose-app-in-browser",
-            "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    with running(argv, port, str(work / "lab.log"), env={**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "rt")}), \
-            chromium_browser(pw) as ctx:
+    with jupyter_lab_on_quickstart(work, TOKEN, model) as base, chromium_browser(pw) as ctx:
         page = ctx.new_page()
-        page.goto(f"http://127.0.0.1:{port}/lab/tree/q.ipynb?token={TOKEN}")
+        page.goto(f"{base}/lab/tree/01_quickstart.ipynb?token={TOKEN}")
         page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90000)
         time.sleep(3)
         page.evaluate("window.jupyterapp.shell.currentWidget.content.activeCellIndex = 0")

@@ -64,6 +64,31 @@ def running(argv: list[str], port: int, log_path: str, env: dict | None = None, 
 
 
 @contextlib.contextmanager
+def jupyter_lab_on_quickstart(work, token: str, model: str):
+    """JupyterLab on a free loopback port serving a copy of the quickstart whose model is `model`
+    ("tiny" or "oracle"); yields the base URL and always stops the server."""
+    import json
+    import pathlib
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    work = pathlib.Path(work)
+    nb = json.loads((root / "notebooks" / "01_quickstart.ipynb").read_text())
+    src = "".join(nb["cells"][1]["source"])
+    nb["cells"][1]["source"] = src.replace('model_name = "tiny"', f'model_name = "{model}"')
+    (work / "01_quickstart.ipynb").write_text(json.dumps(nb))
+    port = free_port()
+    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--expose-app-in-browser",
+            "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    envvars = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
+    with running(argv, port, str(work / "lab.log"), env=envvars):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
 def chromium_browser(playwright):
     profile = tempfile.mkdtemp(prefix="worldlab-chromium-")
     try:

@@ -11,7 +11,7 @@ import torch
 from worldlab.kernels.dispatch import backend
 from worldlab.kernels.errors import check_finite, check_float
 from worldlab.kernels.nvfp4 import reference as nvfp4_ref
-from worldlab.kernels.nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, e2m1_lut, e4m3_lut
+from worldlab.kernels.nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, e4m3_lut
 
 KINDS = ("none", "fp8", "nvfp4")
 

@@ -3,16 +3,13 @@ move the agent, a prompt re-themes the world, the overlay shows numbers, the ker
 with the page, a screenshot is kept, and re-running the cell leaves no orphan session behind."""
 
 import json
-import os
 import pathlib
-import shutil
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, free_port, have_chromium, running, video_pixels
+from tests.browser_support import chromium_browser, have_chromium, jupyter_lab_on_quickstart, video_pixels
 from worldlab import env
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -57,22 +54,10 @@ def output_with(page, marker, timeout=60):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    work = tmp_path_factory.mktemp("lab")
-    nb = json.loads((ROOT / "notebooks" / "01_quickstart.ipynb").read_text())
     # The widget is model-agnostic; the environment oracle makes "the agent moved" and "the theme changed"
     # exact checks of the widget rather than of the model's fidelity (which `worldlab eval` measures).
-    src = "".join(nb["cells"][1]["source"])
-    nb["cells"][1]["source"] = src.replace('model_name = "tiny"', 'model_name = "oracle"')
-    (work / "01_quickstart.ipynb").write_text(json.dumps(nb))
-    port = free_port()
-    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-            f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={work}", "--expose-app-in-browser",
-            "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    envvars = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
-    with running(argv, port, str(work / "lab.log"), env=envvars):
-        yield f"http://127.0.0.1:{port}"
+    with jupyter_lab_on_quickstart(tmp_path_factory.mktemp("lab"), TOKEN, "oracle") as base:
+        yield base
 
 
 def test_player_widget_in_jupyterlab(lab):

@@ -6,7 +6,6 @@ Heavy imports happen inside each run function so `worldlab --help` stays fast.
 from __future__ import annotations
 
 import json
-import sys
 
 
 def _toggles(p) -> None:

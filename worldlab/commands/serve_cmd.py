@@ -5,7 +5,6 @@ Binds 127.0.0.1:8080 by default; uses the shipped model, or the environment orac
 
 from __future__ import annotations
 
-import pathlib
 
 
 def register(sub) -> None:
