@@ -37,7 +37,7 @@ class ModelConfig:
     motion_input: bool = True  # tokens also see x_t - x_{t-1}: velocity becomes a local feature
     codebook: int = 32  # colour codes of the pixel tokenizer (fit on training frames); the head classifies
     pixel_features: int = 8  # per-pixel features the transformer hands to the convolutional decoder
-    decoder_width: int = 32  # channels of the 3x3 conv decoder (local motion: sprites move <= 2 px/frame)
+    decoder_width: int = 32  # channels of the 5x5 + 3x3 conv decoder (local motion: sprites move <= 2 px/frame)
     n_actions: int = 9
     n_themes: int = 4
     sink: int = 1  # frames kept forever (attention sink)

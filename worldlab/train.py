@@ -108,7 +108,8 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
             window = cfg.window_long if rng.random() < 0.5 else cfg.window_short
             sf = step >= cfg_run.self_forcing_from * steps
             if sf:
-                inp = self_forced_inputs(net, inp, a, th, window, rng, passes=int(rng.integers(1, cfg.self_forcing_passes + 1)))
+                passes = int(rng.integers(1, cfg.self_forcing_passes + 1))
+                inp = self_forced_inputs(net, inp, a, th, window, rng, passes=passes)
             logits = net.forward_seq(inp, a, th, window)  # (B, F-1, H, W, K)
             target = net.codes(tgt)  # (B, F-1, H, W)
             changed = (target != net.codes(inp)).float()  # (B, F-1, H, W)

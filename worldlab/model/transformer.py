@@ -6,7 +6,6 @@ codebook; attention is block-causal over sink + window frames with ALiBi (kernel
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -140,14 +139,12 @@ class WorldTransformer(nn.Module):
         return self.codebook[logits.argmax(-1)]
 
     def embed(self, frames: torch.Tensor, actions: torch.Tensor, themes: torch.Tensor,
-              prev: torch.Tensor | None = None) -> torch.Tensor:
+              prev: torch.Tensor) -> torch.Tensor:
         """frames, prev (B, F, H, W, 3) in [0,1] (prev = each frame's predecessor), actions, themes (B, F)
         -> tokens (B, F, T, d)."""
         p = self.cfg.patch
         x = patchify(frames, p) - 0.5  # (B, F, T, p*p*3)
         if self.cfg.motion_input:
-            if prev is None:
-                raise ValueError("this model takes motion input: pass the previous frames (prev)")
             x = torch.cat([x, patchify(frames - prev, p)], dim=-1)  # (B, F, T, 2*p*p*3)
         x = self.patch_in(x) + self.pos
         return x + (self.action(actions) + self.theme(themes))[:, :, None, :]
