@@ -5,7 +5,20 @@ TRITON_INTERPRET must be set before triton.jit decorates anything, hence here at
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def micro_ckpt(tmp_path_factory):
+    """A micro model trained once per test session (seconds): the real model path, end to end."""
+    from worldlab.config import preset
+    from worldlab.train import train
+
+    torch.set_num_threads(2)
+    path = tmp_path_factory.mktemp("ckpt") / "micro.safetensors"
+    summary = train(preset("micro"), path, progress=False, log_every=1)
+    return path, summary

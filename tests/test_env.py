@@ -71,14 +71,6 @@ def test_themes_look_different_and_agent_is_locatable():
                 assert np.abs(frames[t].astype(int) - frames[u]).mean() > 20
 
 
-def test_snap_to_palette_is_identity_on_clean_frames():
-    f = env.World(4, "desert").render()
-    assert np.array_equal(env.snap_to_palette(f, "desert"), f)
-    noise = np.random.default_rng(0).integers(-4, 5, f.shape)  # under half the closest color gap
-    noisy = np.clip(f.astype(int) + noise, 0, 255).astype(np.uint8)
-    assert np.array_equal(env.snap_to_palette(noisy, "desert"), f)
-
-
 @pytest.mark.parametrize("call, match", [
     (lambda: env.World(0, "mars"), "unknown theme 'mars'"),
     (lambda: env.World(-1), "seed"),

@@ -138,6 +138,18 @@ class World:
         self.velocities = speeds  # (2, [vx, vy]), never zero on an axis, unseen in any single frame
         return self.render()
 
+    def place(self, agent, objects, velocities) -> np.ndarray:
+        """Put the world in a given state (agent (x, y), objects [(x, y)] x 2, velocities [(vx, vy)] x 2)."""
+        agent, objects, velocities = (np.array(v, dtype=np.int64) for v in (agent, objects, velocities))
+        if agent.shape != (2,) or objects.shape != (2, 2) or velocities.shape != (2, 2):
+            raise ValueError("place needs agent (x, y) and two (x, y) objects and two (vx, vy) velocities")
+        if agent.min() < 0 or agent.max() > SIZE - AGENT or objects.min() < 0 or objects.max() > SIZE - OBJECT:
+            raise ValueError(f"positions must lie inside the {SIZE}x{SIZE} frame")
+        if not np.isin(np.abs(velocities), (1, 2)).all():
+            raise ValueError("velocities must be +-1 or +-2 on each axis")
+        self.agent, self.objects, self.velocities = agent, objects, velocities
+        return self.render()
+
     def step(self, keys=()) -> np.ndarray:
         dx, dy = action_delta(keys)
         self.agent = np.clip(self.agent + STEP_PX * np.array([dx, dy]), 0, SIZE - AGENT)
@@ -188,13 +200,6 @@ def palette(theme: str) -> np.ndarray:
     """(6, 3) uint8: every color the theme can draw."""
     t = _BY_NAME[theme]
     return np.array([*t.background, t.occluder, t.agent, *t.objects], dtype=np.uint8)
-
-
-def snap_to_palette(frame: np.ndarray, theme: str) -> np.ndarray:
-    """Replace each pixel by the nearest theme color: a clean anchor frame for drift correction."""
-    pal = palette(theme).astype(np.int32)
-    d = ((frame.astype(np.int32)[..., None, :] - pal) ** 2).sum(-1)  # (H, W, 6)
-    return pal[d.argmin(-1)].astype(np.uint8)
 
 
 def random_actions(n: int, seed: int, hold: tuple[int, int] = (2, 8)) -> list[tuple[str, ...]]:

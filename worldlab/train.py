@@ -1,7 +1,7 @@
 """Train a world model from scratch on the procedural environment (`worldlab train --preset tiny`).
 
-Teacher-forced parallel passes plus self-forcing: later in training, the model's own (rendered)
-predictions replace ground-truth inputs for a suffix of each sequence, so it learns to correct its drift.
+Teacher-forced parallel passes over sprite tokens, then scheduled sampling: a suffix of each sequence's
+inputs becomes the model's own rendered predictions, with the true next positions as targets.
 """
 
 from __future__ import annotations
@@ -13,53 +13,71 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from worldlab import env
 from worldlab.config import ModelConfig
 from worldlab.model import checkpoint as ckpt
 from worldlab.model.quantize import calibrate
-from worldlab.model.transformer import WorldTransformer, fit_codebook
+from worldlab.model.sprites import fit_codec, true_positions
+from worldlab.model.transformer import WorldTransformer
 
 TRAIN_SEED_MIN = 1000  # evaluation uses seeds below this: they never appear in training
+RANDOM_START = 0.7  # fraction of sequences that start from a uniformly random state instead of reset()
+LONG_HOLDS = 0.3  # fraction of sequences whose keys are held up to 30 frames (walls, held arrows)
 
 
-def make_batch(cfg: ModelConfig, rng: np.random.Generator, batch: int, switch_prob: float):
-    """Sequences of cfg.seq_frames frames; some switch theme mid-way with the new theme as conditioning."""
-    F = cfg.seq_frames
-    frames = np.empty((batch, F, cfg.image_size, cfg.image_size, 3), np.uint8)
-    actions = np.empty((batch, F), np.int64)
-    themes = np.empty((batch, F), np.int64)
-    mask = np.ones((batch, F - 1), np.float32)  # over targets x_1 .. x_{F-1}
+def random_state(rng: np.random.Generator) -> dict:
+    """A uniformly random world state: anywhere in the frame, any allowed velocity."""
+    return {"agent": rng.integers(0, env.SIZE - env.AGENT + 1, size=2),
+            "objects": rng.integers(0, env.SIZE - env.OBJECT + 1, size=(2, 2)),
+            "velocities": rng.integers(1, 3, size=(2, 2)) * rng.choice([-1, 1], size=(2, 2))}
+
+
+def simulate(cfg: ModelConfig, rng: np.random.Generator, batch: int):
+    """Rollouts of seq_frames + 1 frames -> (frames uint8 (B, F+1, H, W, 3), positions (B, F+1, 3, 2),
+    actions (B, F), themes (B, F)): frame t + action t -> frame t + 1."""
+    Fr = cfg.seq_frames
+    frames = np.empty((batch, Fr + 1, env.SIZE, env.SIZE, 3), np.uint8)
+    pos = np.empty((batch, Fr + 1, 3, 2), np.int64)
+    actions = np.empty((batch, Fr), np.int64)
+    themes = np.empty((batch, Fr), np.int64)
     for b in range(batch):
         seed = int(rng.integers(TRAIN_SEED_MIN, 2**31 - 1))
-        a = env.THEMES[int(rng.integers(len(env.THEMES)))]
-        keys = env.random_actions(F, seed, hold=(1, 6))
-        w = env.World(seed, a)
-        switch = int(rng.integers(2, F - 2)) if rng.random() < switch_prob else None
-        cond = a
-        frames[b, 0] = w.reset()
-        for t in range(1, F):
-            if switch is not None and t == switch:
-                cond = env.THEMES[(env.THEMES.index(a) + int(rng.integers(1, len(env.THEMES)))) % len(env.THEMES)]
-                w.set_theme(cond)
-            frames[b, t] = w.step(keys[t - 1])
+        theme = int(rng.integers(len(env.THEMES)))
+        w = env.World(seed, env.THEMES[theme])
+        frames[b, 0] = w.place(**random_state(rng)) if rng.random() < RANDOM_START else w.render()
+        hold = (1, 30) if rng.random() < LONG_HOLDS else (1, 8)
+        keys = env.random_actions(Fr, seed, hold=hold)
+        pos[b, 0] = true_positions(w.state())
+        for t, k in enumerate(keys):
+            frames[b, t + 1] = w.step(k)
+            pos[b, t + 1] = true_positions(w.state())
         actions[b] = [env.action_id(k) for k in keys]
-        themes[b] = env.THEMES.index(cond)  # after a recache the whole window is conditioned on the new prompt
-        if switch is not None:
-            mask[b, : switch - 1] = 0.0  # targets before the switch belong to the old prompt
-    return (torch.from_numpy(frames), torch.from_numpy(actions), torch.from_numpy(themes), torch.from_numpy(mask))
+        themes[b] = theme
+    return (torch.from_numpy(frames), torch.from_numpy(pos), torch.from_numpy(actions),
+            torch.from_numpy(themes))
 
 
-def self_forced_inputs(net, x, a, th, window, rng, passes: int) -> torch.Tensor:
-    """Replace a suffix of the inputs by the model's own predictions (1..passes steps of compounding)."""
-    inp = x.clone()
-    B, Fm1 = x.shape[:2]
-    with torch.no_grad():
-        for _ in range(passes):
-            pred = net.render(net.forward_seq(inp, a, th, window))  # pred[:, t] estimates x[:, t+1]
-            start = torch.from_numpy(rng.integers(1, Fm1, size=B))
-            use = (torch.arange(1, Fm1)[None] >= start[:, None]).float()[..., None, None, None]  # (B, F-2,...)
-            inp[:, 1:] = use * pred[:, :-1] + (1 - use) * x[:, 1:]
+def make_batch(net: WorldTransformer, cfg: ModelConfig, rng: np.random.Generator, batch: int):
+    """-> obs (B, F, 3, 4) boxes of frames 0..F-1, targets (B, F, 3, 2) true positions in frames 1..F,
+    actions, themes (B, F). Observations come from the compositor (exactly the environment's frames)."""
+    _frames, pos, actions, themes = simulate(cfg, rng, batch)
+    obs = net.codec.observe(net.codec.compose(pos[:, :-1]))
+    return obs, pos[:, 1:], actions, themes
+
+
+@torch.no_grad()
+def self_forced_inputs(net, obs, a, th, window, phase, rng, passes: int) -> torch.Tensor:
+    """Replace a random suffix of the inputs by observations of the model's own predictions."""
+    inp = obs.clone()
+    B, Fr = obs.shape[:2]
+    for _ in range(passes):
+        pred = net.positions(net.forward_seq(inp, a, th, window, phase=phase))  # pred[:, t] = frame t + 1
+        seen = net.codec.observe(net.codec.compose(pred[:, :-1]))  # (B, F-1, 3, 4): frames 1..F-1
+        start = torch.from_numpy(rng.integers(1, Fr, size=B))
+        use = (torch.arange(1, Fr)[None] >= start[:, None])[..., None, None]  # (B, F-1, 1, 1)
+        inp[:, 1:] = torch.where(use, seen, obs[:, 1:])
     return inp
 
 
@@ -68,6 +86,11 @@ def lr_at(step: int, cfg: ModelConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def fit_decoder(net: WorldTransformer, cfg: ModelConfig, rng: np.random.Generator) -> None:
+    frames, pos, _a, _t = simulate(cfg, rng, 16)
+    fit_codec(net.codec, frames.flatten(0, 1), pos.flatten(0, 1))
 
 
 def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: int | None = None,
@@ -80,13 +103,14 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
     cfg_run = ModelConfig(**{**cfg.to_dict(), "steps": steps, **({"lr": lr} if lr else {}),
                              **({"warmup": 10} if init else {})})
     net = WorldTransformer(cfg_run)
-    net.codebook.copy_(fit_codebook(make_batch(cfg_run, rng, 64, 0.0)[0].float() / 255.0, cfg.codebook))
+    fit_decoder(net, cfg_run, rng)
     if init is not None:
         loaded, _calib, _extra, _digest = ckpt.load(init)
-        if loaded.cfg.to_dict() | {"steps": 0, "lr": 0, "warmup": 0} != cfg_run.to_dict() | {"steps": 0, "lr": 0, "warmup": 0}:
+        ignore = {"steps": 0, "lr": 0, "warmup": 0}
+        if loaded.cfg.to_dict() | ignore != cfg_run.to_dict() | ignore:
             raise ValueError(f"--init checkpoint {init} has a different model config than preset {cfg.name!r}")
         net.load_state_dict(loaded.state_dict())
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg_run.lr, weight_decay=0.01, betas=(0.9, 0.98))
     out = pathlib.Path(out)
     log_path = out.with_suffix(".metrics.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,35 +121,28 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
         bar = tqdm(total=steps, desc=f"train {cfg.name}", unit="step")
     t0 = time.time()
     history = []
+    period = math.lcm(*cfg.clock_periods)
     with open(log_path, "w") as log:
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg_run)
-            frames, actions, themes, mask = make_batch(cfg_run, rng, cfg.batch, cfg.switch_prob)
-            x = frames.float() / 255.0
-            inp, tgt = x[:, :-1], x[:, 1:]
-            a, th = actions[:, :-1], themes[:, :-1]
+            obs, target, a, th = make_batch(net, cfg_run, rng, cfg.batch)
             window = cfg.window_long if rng.random() < 0.5 else cfg.window_short
+            phase = torch.from_numpy(rng.integers(0, period, size=cfg.batch))
             sf = step >= cfg_run.self_forcing_from * steps
             if sf:
                 passes = int(rng.integers(1, cfg.self_forcing_passes + 1))
-                inp = self_forced_inputs(net, inp, a, th, window, rng, passes=passes)
-            logits = net.forward_seq(inp, a, th, window)  # (B, F-1, H, W, K)
-            target = net.codes(tgt)  # (B, F-1, H, W)
-            changed = (target != net.codes(inp)).float()  # (B, F-1, H, W)
-            # Sprites are few pixels: weigh changed pixels up, but not on a theme-switch frame (every pixel
-            # changes there; boosting it would drown the sprites' gradient).
-            sprite_frames = (changed.mean((2, 3)) < 0.5).float()[:, :, None, None]
-            w = (1.0 + 4.0 * changed * sprite_frames) * mask[:, :, None, None]
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none")
-            loss = (ce * w.flatten()).sum() / (w.sum() + 1e-8)
+                obs = self_forced_inputs(net, obs, a, th, window, phase, rng, passes=passes)
+            logits = net.forward_seq(obs, a, th, window, phase=phase)  # (B, F, 3, 2, P)
+            loss = F.cross_entropy(logits.flatten(0, -2), target.flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             with torch.no_grad():
-                mse = (((net.render(logits) - tgt) ** 2).mean((2, 3, 4)) * mask).sum() / mask.sum()
-            rec = {"step": step, "loss": loss.item(), "psnr": float(-10 * torch.log10(mse + 1e-12)),
+                err = (net.positions(logits) - target).abs().max(-1).values  # (B, F, 3) px
+            rec = {"step": step, "loss": loss.item(), "exact": float((err == 0).float().mean()),
+                   "err_px": float(err.float().mean()), "window": window,
                    "lr": opt.param_groups[0]["lr"], "self_forcing": sf, "elapsed_s": round(time.time() - t0, 1)}
             history.append(rec)
             if step % log_every == 0 or step == steps - 1:
@@ -133,19 +150,19 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
                 log.flush()
             if bar:
                 bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.5f}", psnr=f"{rec['psnr']:.1f}")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", exact=f"{rec['exact']:.3f}")
             if max_minutes and time.time() - t0 > max_minutes * 60:
                 break
     if bar:
         bar.close()
     calib_batches = []
     for _ in range(2):
-        f, a, th, _m = make_batch(cfg_run, rng, 4, 0.0)
-        calib_batches.append((f.float()[:, :-1] / 255.0, a[:, :-1], th[:, :-1], cfg.window_long))
+        obs, _t, a, th = make_batch(net, cfg_run, rng, 8)
+        calib_batches.append((obs, a, th, cfg.window_long))
     calib = calibrate(net.eval(), calib_batches)
     summary = {"preset": cfg.name, "steps_done": len(history), "train_seconds": round(time.time() - t0, 1),
                "init": str(init) if init else None,
-               "final_psnr_avg_last50": float(np.mean([h["psnr"] for h in history[-50:]])),
+               "final_exact_last50": float(np.mean([h["exact"] for h in history[-50:]])),
                "torch_threads": torch.get_num_threads(), "seed": seed}
     digest = ckpt.save(out, net, calib, extra=summary)
     summary["checkpoint_sha256_16"] = digest

@@ -28,24 +28,24 @@ def test_protocol_is_implemented(micro_ckpt):
 
 @pytest.mark.parametrize("window", ["short", "long"])
 def test_streaming_steps_match_the_parallel_training_pass(micro_ckpt, window):
-    # The cache path (append + attend with ALiBi ages) must compute exactly what training computed.
+    # The cache path (append + attend with ALiBi ages, ring eviction) must compute exactly what training
+    # computed; 24 frames make the long window's ring wrap too.
     m = load_model(micro_ckpt[0], window=window)
-    acts = env.random_actions(12, seed=11)
-    frames = env.rollout(11, "snow", acts)  # 13 frames
-    x = torch.from_numpy(frames).float()[None] / 255.0
+    acts = env.random_actions(23, seed=11)
+    frames = env.rollout(11, "snow", acts)  # 24 frames
+    obs = m.net.codec.tokenize(torch.from_numpy(frames))  # (24, 3, 4)
     a = torch.tensor([[env.action_id(k) for k in acts] + [4]])
     th = torch.full_like(a, env.THEMES.index("snow"))
     with torch.no_grad():
-        par = m.net.forward_seq(x, a, th, m.window)[0]  # (13, 64, 64, K) logits
+        par = m.net.forward_seq(obs[None], a, th, m.window)[0]  # (24, 3, 2, P) logits
     s = m.init_state("snow")
     m.prefill(s, frames[:2], acts[:1])
-    for t in range(1, 12):
-        s.last = x[0, t]  # teacher forcing through the streaming path
-        s.next_id = t
-        out = m._advance([s], x[:, t], x[:, t - 1], torch.tensor([a[0, t]]), th[:, t])
-        s.history[t] = (x[0, t], int(a[0, t]), x[0, t - 1])
+    for t in range(1, 24):
+        s.next_id = t  # teacher forcing through the streaming path
+        out = m._advance([s], obs[t][None], a[:, t], th[:, t])
+        s.history[t] = (obs[t], int(a[0, t]))
         m._evict(s)
-        assert torch.allclose(out[0], par[t], atol=2e-5), f"frame {t}"
+        assert torch.allclose(out[0], par[t], atol=1e-4), f"frame {t}"
 
 
 def test_batched_step_equals_sequential_steps(micro_ckpt):
@@ -56,14 +56,14 @@ def test_batched_step_equals_sequential_steps(micro_ckpt):
     for _ in range(5):
         got = m.step(batch, acts)
         want = np.stack([m.step([s], [a])[0] for s, a in zip(alone, acts)])
-        assert np.abs(got.astype(int) - want).max() <= 1  # rounding to uint8 may flip one level
+        assert np.array_equal(got, want)  # positions are argmaxes: batching must not move a sprite
 
 
 def test_memory_is_flat_over_long_rollouts(micro_ckpt):
     m = load_model(micro_ckpt[0], kv="nvfp4")
     s = start_session(m, "desert", seed=2)
     sizes = []
-    for i in range(120):  # 20 windows' worth of frames; the ring wraps many times
+    for i in range(120):  # many windows' worth of frames; the ring wraps many times
         m.step([s], [env.ACTION_KEYS[i % 9]])
         if i % 40 == 39:
             sizes.append((m.kv_bytes(s), len(s.history), len(s.caches[0].frame_ids())))
@@ -83,16 +83,13 @@ def test_recache_switches_conditioning_and_keeps_frames(micro_ckpt):
     assert not torch.allclose(k_before, s.caches[0].decoded("k"))  # KV recomputed under the new prompt
 
 
-@pytest.mark.parametrize("weights, kv, max_mean_abs", [
-    ("w8a8", "fp8", 3.0),  # 8-bit: a few uint8 levels at most on average
-    ("w4a4", "nvfp4", 12.0),  # 4-bit: visibly noisier, still the same picture
-])
-def test_quantized_variants_stay_close_to_fp32(micro_ckpt, weights, kv, max_mean_abs):
+@pytest.mark.parametrize("weights, kv", [("w8a8", "fp8"), ("w4a4", "nvfp4")])
+def test_quantized_variants_stay_close_to_fp32(micro_ckpt, weights, kv):
     ref, q = load_model(micro_ckpt[0]), load_model(micro_ckpt[0], weights=weights, kv=kv)
     s_ref, s_q = start_session(ref, "night", seed=1), start_session(q, "night", seed=1)
-    a = ref.step([s_ref], [["right"]])[0].astype(int)
-    b = q.step([s_q], [["right"]])[0].astype(int)
-    assert np.abs(a - b).mean() <= max_mean_abs
+    a = ref.step([s_ref], [["right"]])[0]
+    b = q.step([s_q], [["right"]])[0]
+    assert (a != b).any(-1).mean() <= 0.02  # at most a sprite's worth of pixels differs after one step
     assert q.kv_bytes(s_q) < ref.kv_bytes(s_ref) / (3 if kv == "fp8" else 6)
 
 
@@ -103,10 +100,10 @@ def test_wrong_shape_checkpoint_is_named(tmp_path, micro_ckpt):
     tensors = load_file(str(micro_ckpt[0]))
     with safe_open(str(micro_ckpt[0]), "pt") as f:
         meta = f.metadata()
-    tensors["pos"] = torch.zeros(3, 3)
+    tensors["head.weight"] = torch.zeros(3, 3)
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata=meta)
-    with pytest.raises(ValueError, match=r"tensor 'pos' has shape \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"tensor 'head.weight' has shape \(3, 3\)"):
         load_model(bad)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a checkpoint")
@@ -132,13 +129,3 @@ def test_bad_inputs_leave_other_sessions_running(micro_ckpt):
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
     assert m.step([good], [["up"]]).shape == (1, 64, 64, 3)  # the good session is untouched
-
-
-def test_anchor_snaps_to_the_theme_palette(micro_ckpt):
-    m = load_model(micro_ckpt[0], anchor_every=2)
-    s = start_session(m, "desert", seed=3)
-    m.step([s], [[]])
-    m.step([s], [[]])  # anchors here
-    last = (s.last.numpy() * 255).round().astype(np.uint8)
-    pal = {tuple(c) for c in env.palette("desert")}
-    assert {tuple(p) for p in last.reshape(-1, 3)} <= pal

@@ -13,7 +13,7 @@ __all__ = ["KEYS", "WorldModel", "load_model", "start_session", "CONTEXT_FRAMES"
 CONTEXT_FRAMES = 8
 
 
-def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu", anchor_every=0):
+def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu"):
     """A TransformerWorldModel with the three research toggles applied (weights, kv, window)."""
     from worldlab.model import checkpoint as ckpt
     from worldlab.model.quantize import WEIGHTS, quantize_model
@@ -27,7 +27,7 @@ def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", de
             raise ValueError("checkpoint has no activation calibration; it cannot be quantized")
         quantize_model(net, weights, calib)
     return TransformerWorldModel(net, net.cfg, weights=weights, kv=kv, window=window, device=device,
-                                 checkpoint_hash=digest, anchor_every=anchor_every)
+                                 checkpoint_hash=digest)
 
 
 def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):

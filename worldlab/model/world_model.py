@@ -24,26 +24,16 @@ class SessionState:
     theme: str
     caches: list
     next_id: int = 0  # frame id the next block gets
-    last: torch.Tensor | None = None  # (H, W, 3) in [0, 1]: the newest frame, not yet in the cache
-    prev: torch.Tensor | None = None  # (H, W, 3): the frame before `last` (motion input)
-    # frame id -> (input frame, action id, its predecessor) for the frames in the cache
-    history: dict = field(default_factory=dict)
+    last: torch.Tensor | None = None  # (3, 4) observation boxes of the newest frame, not yet in the cache
+    history: dict = field(default_factory=dict)  # frame id -> (observation boxes, action id) of cached frames
     frames_generated: int = 0
-
-
-def to_float(frames: np.ndarray, device) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(frames), device=device).to(torch.float32) / 255.0
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    return (frames.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
 class TransformerWorldModel:
     """WorldModel protocol implementation; build with worldlab.model.load_model."""
 
     def __init__(self, net: WorldTransformer, cfg: ModelConfig, *, weights="fp32", kv="none", window="short",
-                 device="cpu", checkpoint_hash: str = "", anchor_every: int = 0):
+                 device="cpu", checkpoint_hash: str = ""):
         if kv not in KINDS:
             raise ValueError(f"kv must be one of {KINDS}, got {kv!r}")
         self.net, self.cfg = net.eval(), cfg
@@ -52,12 +42,12 @@ class TransformerWorldModel:
         self.device = torch.device(device)
         self.frame_shape = (cfg.image_size, cfg.image_size, 3)
         self.checkpoint_hash = checkpoint_hash
-        self.anchor_every = anchor_every
+        # A decoded corner past the frame edge would draw a clipped sprite: keep every sprite whole.
+        self._max_pos = (cfg.image_size - net.codec.sprite_size)[:, None]  # (3, 1)
 
     def describe(self) -> dict:
         return {"preset": self.cfg.name, "weights": self.weights, "kv": self.kv, "window": self.window_name,
-                "window_frames": self.window, "sink": self.cfg.sink, "checkpoint": self.checkpoint_hash,
-                "anchor_every": self.anchor_every}
+                "window_frames": self.window, "sink": self.cfg.sink, "checkpoint": self.checkpoint_hash}
 
     # -- protocol ------------------------------------------------------------------------------
     def init_state(self, prompt: str) -> SessionState:
@@ -68,6 +58,7 @@ class TransformerWorldModel:
                                 device=self.device) for _ in range(c.n_layers)]
         return SessionState(prompt=prompt, theme=theme, caches=caches)
 
+    @torch.inference_mode()
     def prefill(self, state: SessionState, frames: np.ndarray, actions: Sequence) -> None:
         """frames (T, H, W, 3) uint8 ground truth; actions: the T-1 actions between consecutive frames."""
         frames = self._check_frames(frames)
@@ -75,11 +66,12 @@ class TransformerWorldModel:
             raise ValueError(f"prefill needs len(actions) == len(frames) - 1, got {len(actions)} and {len(frames)}")
         ids = [env.action_id(a) for a in actions]
         self.reset(state)
-        x = to_float(frames, self.device)
+        obs = self.net.codec.tokenize(torch.as_tensor(frames, device=self.device))  # (T, 3, 4)
         for f in range(len(frames) - 1):
-            state.history[f] = (x[f], ids[f], x[max(f - 1, 0)])
+            state.history[f] = (obs[f], ids[f])
         state.next_id = len(frames) - 1
-        state.last, state.prev = x[-1], x[-2]
+        state.last = obs[-1]
+        self._evict(state)
         self._rebuild(state)
 
     @torch.inference_mode()
@@ -92,20 +84,19 @@ class TransformerWorldModel:
             if s.last is None:
                 raise ValueError("step before prefill: call prefill (or start_session) first")
         act = torch.tensor([env.action_id(a) for a in actions], device=self.device)
-        inputs = torch.stack([s.last for s in states])  # (B, H, W, 3)
-        prevs = torch.stack([s.prev for s in states])  # (B, H, W, 3)
+        inputs = torch.stack([s.last for s in states])  # (B, 3, 4)
         themes = torch.tensor([env.THEMES.index(s.theme) for s in states], device=self.device)
-        out = to_uint8(self.net.render(self._advance(states, inputs, prevs, act, themes)))
+        pos = self.net.positions(self._advance(states, inputs, act, themes))  # (B, 3, 2)
+        pos = torch.minimum(pos, self._max_pos)
+        classes = self.net.codec.compose(pos)  # (B, H, W)
+        obs = self.net.codec.observe(classes)  # (B, 3, 4): what the next step sees of these frames
         for i, s in enumerate(states):
-            s.history[s.next_id] = (inputs[i], int(act[i]), prevs[i])
+            s.history[s.next_id] = (inputs[i], int(act[i]))
             s.next_id += 1
             s.frames_generated += 1
-            s.prev = inputs[i]
-            s.last = torch.as_tensor(out[i], device=self.device).to(torch.float32) / 255.0
+            s.last = obs[i]
             self._evict(s)
-            if self.anchor_every and s.frames_generated % self.anchor_every == 0:
-                self.anchor(s)
-        return out
+        return self.net.codec.paint(classes, themes).cpu().numpy()
 
     def recache(self, state: SessionState, prompt: str) -> None:
         """Prompt switch: recompute every cached frame's K/V under the new prompt's conditioning."""
@@ -116,17 +107,10 @@ class TransformerWorldModel:
         for c in state.caches:
             c.reset()
         state.history.clear()
-        state.next_id, state.last, state.prev, state.frames_generated = 0, None, None, 0
+        state.next_id, state.last, state.frames_generated = 0, None, 0
 
     def kv_bytes(self, state: SessionState) -> int:
         return sum(c.kv_bytes() for c in state.caches)
-
-    # -- drift anchor --------------------------------------------------------------------------
-    def anchor(self, state: SessionState) -> None:
-        """Re-ground the stream: snap the newest frame to its theme's palette, then rebuild the cache."""
-        state.last = torch.as_tensor(env.snap_to_palette(to_uint8(state.last), state.theme),
-                                     device=self.device).to(torch.float32) / 255.0
-        self._rebuild(state)
 
     # -- internals -----------------------------------------------------------------------------
     def _check_frames(self, frames) -> np.ndarray:
@@ -142,34 +126,33 @@ class TransformerWorldModel:
 
     @torch.inference_mode()
     def _rebuild(self, s: SessionState) -> None:
-        """Recompute the caches from the stored frames in one parallel pass (same mask as streaming)."""
+        """Recompute the caches from the stored observations in one parallel pass (same mask as streaming)."""
         for c in s.caches:
             c.reset()
         if not s.history:
             return
         ids = sorted(s.history)
-        frames = torch.stack([s.history[f][0] for f in ids])[None]  # (1, F, H, W, 3)
-        prev = torch.stack([s.history[f][2] for f in ids])[None]  # (1, F, H, W, 3)
+        obs = torch.stack([s.history[f][0] for f in ids])[None]  # (1, F, 3, 4)
         acts = torch.tensor([[s.history[f][1] for f in ids]], device=self.device)
         themes = torch.full_like(acts, env.THEMES.index(s.theme))
         fid = torch.tensor(ids, device=self.device)
-        _, kvs = self.net.forward_seq(frames, acts, themes, self.window, frame_ids=fid, return_kv=True, prev=prev)
+        _, kvs = self.net.forward_seq(obs, acts, themes, self.window, frame_ids=fid, return_kv=True)
         T = self.cfg.tokens_per_frame
         for c, (k, v) in zip(s.caches, kvs):
             for j, f in enumerate(ids):
                 c.append_frame(k[:, :, j * T:(j + 1) * T], v[:, :, j * T:(j + 1) * T], frame_id=f)
 
-    def _advance(self, states, inputs: torch.Tensor, prevs: torch.Tensor, act: torch.Tensor,
-                 themes: torch.Tensor) -> torch.Tensor:
-        """One block for each session: inputs, prevs (B, H, W, 3) -> next-frame logits (B, H, W, K)."""
+    def _advance(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor) -> torch.Tensor:
+        """One block for each session: inputs (B, 3, 4) -> next-position logits (B, 3, 2, P)."""
         net = self.net
-        x = net.embed(inputs[:, None], act[:, None], themes[:, None], prevs[:, None])[:, 0]  # (B, T, d)
+        ids = torch.tensor([s.next_id for s in states], device=self.device)
+        x = net.embed(inputs[:, None], act[:, None], themes[:, None], ids[:, None])[:, 0]  # (B, 3, d)
         for layer, blk in enumerate(net.blocks):
-            q, k, v = blk.split_qkv(x)  # each (B, H, T, Dh)
+            q, k, v = blk.split_qkv(x)  # each (B, H, 3, Dh)
             outs = []
             for i, s in enumerate(states):
                 cache = s.caches[layer]
                 cache.append_frame(k[i:i + 1], v[i:i + 1], frame_id=s.next_id)
                 outs.append(cache.attend(q[i:i + 1], s.next_id, net.slopes))
             x = blk.finish(x, torch.cat(outs))
-        return net.decode(x[:, None], inputs[:, None], prevs[:, None], act[:, None])[:, 0]
+        return net.heads(x)
