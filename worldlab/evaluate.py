@@ -1,27 +1,60 @@
 """`worldlab eval`: roll the model out on its own frames against the environment (the ground truth).
 
 Protocol: prefill 8 ground-truth frames of a held-out seed, then N steps under the environment's action
-sequence; per-step PSNR/SSIM, agent-position error, collapse checks, a prompt-switch run, kv_bytes, model_ms.
+sequence; PSNR/SSIM, agent-position error, collapse checks, a prompt-switch run, a hidden-object run,
+kv_bytes, model_ms.
+
+PSNR figures are *pooled*: the PSNR of the mean squared error over every frame a figure summarises, not
+the mean of per-frame PSNRs (which a few exact frames inflate without bound). An exact result has no
+finite PSNR and JSON carries no infinity, so pooled figures are capped at PSNR_CAP.
+
+Hidden-object run (`occlusion_run`): behind the pillar alone (7 columns) a 4-px object moving at >= 1 px
+per frame is fully hidden for at most 4 frames, so a 6-frame window still holds the frames where it went
+in and the test says nothing about memory. In the scripted run the agent stands just right of the pillar
+and tracks the object vertically, so the object stays fully hidden for 9 frames (t = 10..18): longer than
+the short window (6), shorter than the long one (16). The re-emergence frames (t = 19..22) are scored.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldlab import env
+from worldlab import env, gallery
 from worldlab.model import CONTEXT_FRAMES
 
 SWITCH_AFTER = 16  # steps rolled out before the prompt switch in the switch run
 SWITCH_FRAMES = 3  # "within 3 frames of a prompt switch"
+HEAD_STEPS = 64  # psnr_mean, ssim_mean, agent_err_px, psnr_per_seed cover the first 64 steps
+TAIL_STEPS = 32  # psnr_tail covers the last 32 steps
+PSNR_CAP = 100.0  # pooled PSNR of an exact result (JSON has no infinity); also the ceiling of any pooled figure
+PEAK = 255.0
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def _db(m: float) -> float:
+    return float("inf") if m == 0 else float(10 * np.log10(PEAK**2 / m))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    """Per-frame PSNR in dB; inf for identical frames."""
+    return _db(mse(a, b))
+
+
+def pooled_psnr(mses) -> float:
+    """PSNR of the mean MSE over everything given. Exact (mean 0) -> PSNR_CAP; never above it, so a
+    near-exact result cannot out-score an exact one."""
+    m = np.asarray(mses, dtype=np.float64)
+    if m.size == 0:
+        raise ValueError("pooled_psnr needs at least one MSE")
+    return min(PSNR_CAP, _db(float(m.mean())))
 
 
 def _gauss(size=11, sigma=1.5) -> torch.Tensor:
@@ -60,15 +93,22 @@ def collapse_flags(frames: np.ndarray, truth: np.ndarray) -> dict:
     return {"frozen": frozen, "saturated": bool((stds < 2).any() or (clipped > 0.9).any())}
 
 
+def theme_for_seed(seed: int) -> str:
+    return env.THEMES[seed % len(env.THEMES)]
+
+
+def _prompt(theme: str) -> str:
+    return f"a walk in the {theme}"
+
+
 def rollout_seed(model, seed: int, steps: int, theme: str) -> dict:
     actions = env.random_actions(CONTEXT_FRAMES - 1 + steps, seed)
     w = env.World(seed, theme)
     truth = [w.reset()] + [w.step(a) for a in actions[: CONTEXT_FRAMES - 1]]
-    state = model.init_state(f"a walk in the {theme}")
+    state = model.init_state(_prompt(theme))
     model.prefill(state, np.stack(truth), actions[: CONTEXT_FRAMES - 1])
     gen, tru, ms, agent_err = [], [], [], []
-    for i in range(steps):
-        a = actions[CONTEXT_FRAMES - 1 + i]
+    for a in actions[CONTEXT_FRAMES - 1:]:
         t0 = time.perf_counter()
         frame = model.step([state], [a])[0]
         ms.append((time.perf_counter() - t0) * 1000)
@@ -79,7 +119,7 @@ def rollout_seed(model, seed: int, steps: int, theme: str) -> dict:
         cx, cy = env.agent_center(theme, w.state())
         agent_err.append(float(np.hypot(found[0] - cx, found[1] - cy)) if found else float(env.SIZE))
     gen, tru = np.stack(gen), np.stack(tru)
-    return {"psnr": [psnr(g, t) for g, t in zip(gen, tru)], "ssim": [ssim(g, t) for g, t in zip(gen, tru)],
+    return {"mse": [mse(g, t) for g, t in zip(gen, tru)], "ssim": [ssim(g, t) for g, t in zip(gen, tru)],
             "agent_err": agent_err, "ms": ms, "kv_bytes": model.kv_bytes(state), "flags": collapse_flags(gen, tru),
             "frames": gen, "truth": tru}
 
@@ -90,7 +130,7 @@ def switch_run(model, seed: int, theme: str) -> dict:
     actions = env.random_actions(CONTEXT_FRAMES - 1 + SWITCH_AFTER + SWITCH_FRAMES, seed)
     w = env.World(seed, theme)
     truth = [w.reset()] + [w.step(a) for a in actions[: CONTEXT_FRAMES - 1]]
-    state = model.init_state(f"a walk in the {theme}")
+    state = model.init_state(_prompt(theme))
     model.prefill(state, np.stack(truth), actions[: CONTEXT_FRAMES - 1])
     rest = actions[CONTEXT_FRAMES - 1:]
     for a in rest[:SWITCH_AFTER]:
@@ -100,37 +140,134 @@ def switch_run(model, seed: int, theme: str) -> dict:
     model.recache(state, f"now it is {new_theme}")
     recache_ms = (time.perf_counter() - t0) * 1000
     w.set_theme(new_theme)
-    scores = [psnr(model.step([state], [a])[0], w.step(a)) for a in rest[SWITCH_AFTER:]]
-    return {"psnr": scores, "recache_ms": recache_ms, "from": theme, "to": new_theme}
+    scores = [mse(model.step([state], [a])[0], w.step(a)) for a in rest[SWITCH_AFTER:]]
+    return {"mse": scores, "recache_ms": recache_ms, "from": theme, "to": new_theme}
 
 
-def evaluate(model, seeds, steps: int) -> dict:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+# -- hidden-object run ---------------------------------------------------------------------------------
+OCC_LAST = 24  # the run ends at frame 24 (frames 0..7 prefilled, 8..24 generated)
+OCC_TRACK = range(14, 19)  # frames produced while the agent holds the tracking key
+OCC_HIDDEN = range(10, 19)  # frames where object 0 is fully hidden (pillar, then agent)
+OCC_SCORED = range(19, 23)  # re-emergence frames scored by occlusion_psnr
+OCC_AGENT_X = env.OCCLUDER_X[1] - 1  # the agent overlaps the pillar's last column: no gap between the covers
+OCC_THEMES = ("forest", "night")
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """One scripted variant: object 0 moves at (+1, vy) from `start`; the agent holds `key` (same speed as
+    the object's |vy|, env.STEP_PX = 2) to keep its top row one above the object's; object 1 stays far away."""
+
+    name: str
+    start: tuple[int, int]
+    vy: int
+    key: str
+    other: tuple[int, int]
+    other_velocity: tuple[int, int]
+
+    def object_at(self, t: int) -> tuple[int, int]:
+        return self.start[0] + t, self.start[1] + self.vy * t
+
+    def agent_start(self) -> tuple[int, int]:
+        """Agent (x, y) at frame 0, from the object's path: one row above it on the first tracking frame."""
+        first = OCC_TRACK[0]
+        y = self.object_at(first)[1] - 1 - env.STEP_PX * env.action_delta([self.key])[1]
+        return OCC_AGENT_X, y
+
+    def actions(self) -> list[tuple[str, ...]]:
+        """actions[i] produces frame i + 1."""
+        return [(self.key,) if t in OCC_TRACK else () for t in range(1, OCC_LAST + 1)]
+
+    def world(self, theme: str) -> env.World:
+        w = env.World(0, theme)
+        w.place(self.agent_start(), [self.start, self.other], [(1, self.vy), self.other_velocity])
+        return w
+
+
+OCCLUSION_VARIANTS = (
+    Occlusion("down", start=(30, 4), vy=2, key="down", other=(2, 58), other_velocity=(1, -1)),
+    Occlusion("up", start=(30, 56), vy=-2, key="up", other=(2, 2), other_velocity=(1, 1)),  # vertical mirror
+)
+
+
+def occlusion_run(model, variant: Occlusion, theme: str = OCC_THEMES[0]) -> dict:
+    """Prefill frames 0..7 of the variant, generate frames 8..OCC_LAST; per-frame MSE by frame index."""
+    w, actions = variant.world(theme), variant.actions()
+    truth = [w.render()] + [w.step(a) for a in actions[: CONTEXT_FRAMES - 1]]
+    state = model.init_state(_prompt(theme))
+    model.prefill(state, np.stack(truth), actions[: CONTEXT_FRAMES - 1])
+    errors = {}
+    for t, a in enumerate(actions[CONTEXT_FRAMES - 1:], start=CONTEXT_FRAMES):
+        errors[t] = mse(model.step([state], [a])[0], w.step(a))
+    return {"variant": variant.name, "theme": theme, "mse": errors}
+
+
+def occlusion_scores(model) -> dict:
+    """Every variant in every OCC_THEMES theme: pooled PSNR over the re-emergence frames and over all."""
+    runs = [occlusion_run(model, v, th) for v in OCCLUSION_VARIANTS for th in OCC_THEMES]
+    scored = [m for r in runs for t, m in r["mse"].items() if t in OCC_SCORED]
+    every = [m for r in runs for m in r["mse"].values()]
+    return {"occlusion_psnr": pooled_psnr(scored), "occlusion_psnr_all": pooled_psnr(every)}
+
+
+# -- the whole evaluation ------------------------------------------------------------------------------
+def check_request(seeds, steps, gallery_path=None) -> None:
+    """Reject bad arguments before any model work."""
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not seeds:
         raise ValueError("seeds is empty")
-    runs = [rollout_seed(model, s, steps, env.THEMES[s % len(env.THEMES)]) for s in seeds]
-    switches = [switch_run(model, s, env.THEMES[s % len(env.THEMES)]) for s in seeds]
-    P = np.array([r["psnr"] for r in runs])  # (seeds, steps)
-    S = np.array([r["ssim"] for r in runs])
-    ms = np.concatenate([r["ms"] for r in runs])
-    tail = min(32, steps)
-    finite = np.where(np.isfinite(P), P, 100.0)  # a perfect frame counts as 100 dB in means
+    bad = [s for s in seeds if not isinstance(s, (int, np.integer)) or s < 0]
+    if bad:
+        raise ValueError(f"seeds must be non-negative integers, got {bad[0]!r}")
+    if gallery_path is not None:
+        gallery.check_path(gallery_path)
+
+
+def _fidelity(runs, switches, steps: int) -> dict:
+    M = np.array([r["mse"] for r in runs])  # (seeds, steps)
+    head, tail = min(HEAD_STEPS, steps), min(TAIL_STEPS, steps)
+    sw = np.array([s["mse"] for s in switches])  # (seeds, SWITCH_FRAMES)
     return {
-        "psnr_step1": float(finite[:, 0].mean()),
-        "psnr_mean": float(finite[:, : min(64, steps)].mean()),
-        "psnr_mean_all": float(finite.mean()),
-        "psnr_tail": float(finite[:, -tail:].mean()),
-        "ssim_mean": float(S[:, : min(64, steps)].mean()),
-        "agent_err_px": float(np.mean([r["agent_err"][: min(64, steps)] for r in runs])),
-        "switch_psnr": float(np.mean([s["psnr"] for s in switches])),
-        "switch_psnr_min": float(np.min([s["psnr"] for s in switches])),
+        "psnr_step1": pooled_psnr(M[:, 0]),
+        "psnr_mean": pooled_psnr(M[:, :head]),
+        "psnr_mean_all": pooled_psnr(M),
+        "psnr_tail": pooled_psnr(M[:, -tail:]),
+        "ssim_mean": float(np.mean([r["ssim"][:head] for r in runs])),
+        "agent_err_px": float(np.mean([r["agent_err"][:head] for r in runs])),
+        "switch_psnr": pooled_psnr(sw),
+        "switch_psnr_min": min(pooled_psnr(row) for row in sw),
+        "psnr_per_step": [pooled_psnr(col) for col in M.T],
+        "psnr_per_seed": [pooled_psnr(row[:head]) for row in M],
+    }
+
+
+def _collapse(runs, seeds) -> dict:
+    bad = [{"seed": int(s), "flags": [k for k, on in r["flags"].items() if on]} for s, r in zip(seeds, runs)]
+    bad = [b for b in bad if b["flags"]]
+    return {"collapse": bool(bad), "collapse_seeds": bad}
+
+
+def evaluate(model, seeds, steps: int, gallery_path=None) -> dict:
+    """The figures of `worldlab eval`; with gallery_path, also a PNG of truth vs model frames per seed."""
+    check_request(seeds, steps, gallery_path)
+    seeds = [int(s) for s in seeds]
+    runs = [rollout_seed(model, s, steps, theme_for_seed(s)) for s in seeds]
+    switches = [switch_run(model, s, theme_for_seed(s)) for s in seeds]
+    ms = np.concatenate([r["ms"] for r in runs])
+    res = {
+        **_fidelity(runs, switches, steps),
+        **occlusion_scores(model),
         "switch_ms": float(np.median([s["recache_ms"] for s in switches])),
-        "collapse": any(r["flags"]["frozen"] or r["flags"]["saturated"] for r in runs),
+        **_collapse(runs, seeds),
         "kv_bytes": int(runs[0]["kv_bytes"]),
         "model_ms_p50": float(np.percentile(ms, 50)),
         "model_ms_p95": float(np.percentile(ms, 95)),
-        "steps": steps, "seeds": list(seeds),
-        "psnr_per_step": [float(v) for v in finite.mean(0)],
+        "steps": int(steps), "seeds": seeds,
         "config": model.describe(),
     }
+    if gallery_path is not None:
+        rows = [(s, r["truth"], r["frames"]) for s, r in zip(seeds, runs)]
+        res["gallery"] = str(gallery_path)
+        res["gallery_steps"] = gallery.write_gallery(gallery_path, rows)
+    return res

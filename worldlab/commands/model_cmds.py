@@ -33,7 +33,8 @@ def register(sub) -> None:
     _toggles(e)
     e.add_argument("--seeds", default="1,2,3", help="held-out seeds, comma separated (training uses >= 1000)")
     e.add_argument("--steps", type=int, default=64)
-    e.add_argument("--anchor-every", type=int, default=0, help="drift anchor period in frames (0 = off)")
+    e.add_argument("--gallery", default=None, metavar="PATH.png",
+                   help="also write a PNG: per seed, truth and model frames at steps 1, 8, 32, 64, 300 (<= --steps)")
     e.set_defaults(func=run_eval)
 
     b = sub.add_parser("bench", help="headless model timing: step percentiles, switch spike, micro-batching")
@@ -69,20 +70,24 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     import torch
 
-    from worldlab.evaluate import evaluate
+    from worldlab.evaluate import check_request, evaluate
     from worldlab.model import load_model
 
     torch.set_num_threads(args.threads)
     seeds = _parse_ints("seeds", args.seeds)
-    model = load_model(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window,
-                       anchor_every=args.anchor_every)
-    res = evaluate(model, seeds, args.steps)
+    check_request(seeds, args.steps, args.gallery)  # before the model loads
+    model = load_model(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window)
+    res = evaluate(model, seeds, args.steps, gallery_path=args.gallery)
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps(res, allow_nan=False))  # pooled PSNRs are capped: never Infinity/NaN
         return 0
     for k, v in res.items():
-        if k != "psnr_per_step":
-            print(f"{k:16s} {v}")
+        if k not in ("psnr_per_step", "gallery", "gallery_steps"):
+            print(f"{k:18s} {v}")
+    if args.gallery:
+        shown = ", ".join(map(str, res["gallery_steps"]))
+        note = f" (--steps {args.steps} < 300: only these)" if args.steps < 300 else ""
+        print(f"gallery            {res['gallery']}: steps {shown}{note}")
     return 0
 
 

@@ -52,7 +52,11 @@ def load(path=None, device="cpu") -> tuple[WorldTransformer, dict[str, torch.Ten
         raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
     if "config" not in meta:
         raise ValueError(f"checkpoint {path} has no worldlab config in its metadata")
-    cfg = ModelConfig(**json.loads(meta["config"]))
+    try:
+        cfg = ModelConfig(**json.loads(meta["config"]))
+    except TypeError as exc:  # a config field this version does not have: a checkpoint of another model design
+        raise ValueError(f"checkpoint {path} was written for another model design ({exc}); "
+                         "retrain it with `worldlab train`") from None
     net = WorldTransformer(cfg).to(device)
     want = net.state_dict()
     weights = {k: v for k, v in tensors.items() if not k.startswith(CALIB_PREFIX)}
