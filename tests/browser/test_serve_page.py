@@ -1,5 +1,6 @@
 """`worldlab serve` in real headless Chromium: video plays, keys steer with measured glass-to-glass,
-a typed prompt re-themes the picture, the overlay shows numbers, and a spectator sees the same room."""
+a typed prompt re-themes the picture, the overlay shows numbers, and a spectator sees the same room;
+holding ArrowRight for 3 s moves the agent as one compact block (oracle, micro checkpoint, shipped tiny)."""
 
 import json
 import sys
@@ -8,7 +9,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, free_port, have_chromium, running, video_pixels
+from tests.browser_support import (HOLD_MODELS, check_hold_right, chromium_browser, evidence_path, free_port,
+                                   have_chromium, hold_key, running, video_pixels)
 from worldlab import env
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -21,13 +23,29 @@ def near(color, theme) -> bool:
     return np.abs(color.astype(float) - env.background(theme)[0, 0]).max() < 28
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def serve(tmp_path_factory, *args):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--model", "oracle", "--port", str(port)]
-    with running(argv, port, str(log)) as proc:
-        yield f"http://127.0.0.1:{port}", proc
+    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--port", str(port), *args]
+    return running(argv, port, str(log)), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ctx, base = serve(tmp_path_factory, "--model", "oracle")
+    with ctx as proc:
+        yield base, proc
+
+
+@pytest.fixture(scope="module", params=HOLD_MODELS)
+def any_server(request, tmp_path_factory):
+    if request.param == "oracle":
+        yield request.getfixturevalue("server")[0], "oracle"
+        return
+    args = ["--checkpoint", str(request.getfixturevalue("micro_ckpt")[0])] if request.param == "micro" else []
+    ctx, base = serve(tmp_path_factory, *args)
+    with ctx:
+        yield base, request.param
 
 
 def test_player_page_end_to_end(server, tmp_path):
@@ -85,3 +103,17 @@ def test_player_page_end_to_end(server, tmp_path):
         page.wait_for_timeout(500)
         health = json.loads(urllib.request.urlopen(base + "/healthz").read())
         assert health["rooms"] == 1 and health["peers"] == 1
+
+
+def test_holding_right_moves_one_compact_agent(any_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, model = any_server
+    with sync_playwright() as pw, chromium_browser(pw) as ctx:
+        page = ctx.new_page()
+        page.goto(base + "/")
+        page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked "
+                               "&& window.worldlab.stats().frames > 30", timeout=30000)
+        hold = hold_key(page, "#video", "body", "window.worldlab",
+                        evidence_path(tmp_path, model, "served-page-after-3s-right.png"))
+    check_hold_right(hold, "forest", strict=model != "micro")

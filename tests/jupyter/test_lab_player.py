@@ -1,6 +1,7 @@
 """The Player inside real JupyterLab in real Chromium: the quickstart's widget streams at >= 25 fps, keys
 move the agent, a prompt re-themes the world, the overlay shows numbers, the kernel's player.stats agrees
-with the page, a screenshot is kept, and re-running the cell leaves no orphan session behind."""
+with the page, a screenshot is kept, and re-running the cell leaves no orphan session behind; holding
+ArrowRight for 3 s moves the agent as one compact block (oracle, micro checkpoint, shipped tiny)."""
 
 import json
 import pathlib
@@ -9,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, have_chromium, jupyter_lab_on_quickstart, video_pixels
+from tests.browser_support import (HOLD_MODELS, check_hold_right, chromium_browser, evidence_path, have_chromium,
+                                   hold_key, jupyter_lab_on_quickstart, video_pixels)
 from worldlab import env
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -17,10 +19,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 TOKEN = "worldlab-test"
 
-STATS = "document.querySelector('.worldlab-player').player.stats()"
+PLAYER = "document.querySelector('.worldlab-player').player"
+STATS = f"{PLAYER}.stats()"
 KERNEL_IDLE = """() => { const w = window.jupyterapp.shell.currentWidget;
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
   return k && k.status === 'idle'; }"""
+CELL_ERROR = """() => { const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  for (let i = 0; i < cells.length; i++) for (const o of (cells.get(i).outputs || {toJSON: () => []}).toJSON())
+    if (o.output_type === 'error') return `cell ${i}: ${o.ename}: ${o.evalue}`;
+  return null; }"""
 
 
 def frame(page):
@@ -42,6 +49,20 @@ def add_and_run(page, source):
       return window.jupyterapp.commands.execute('notebook:run-cell'); }""", source)
 
 
+def open_player(page, lab):
+    """Open the quickstart, run its first five cells (title, parameters, load the model, keys help, the
+    Player) and wait until the widget streams."""
+    page.goto(f"{lab}/lab/tree/01_quickstart.ipynb?token={TOKEN}")
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90000)
+    page.wait_for_function(KERNEL_IDLE, timeout=90000)
+    run_cells(page, 5, start=0)
+    page.wait_for_function(f"({CELL_ERROR})() || (document.querySelector('.worldlab-player') && {STATS}.frames > 10)",
+                           timeout=90000)
+    error = page.evaluate(CELL_ERROR)
+    assert error is None, error  # e.g. a checkpoint that does not load: say so now, not after a timeout
+    page.wait_for_function(KERNEL_IDLE, timeout=30000)
+
+
 def output_with(page, marker, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,18 +81,23 @@ def lab(tmp_path_factory):
         yield base
 
 
+@pytest.fixture(scope="module", params=HOLD_MODELS)
+def any_lab(request, tmp_path_factory):
+    if request.param == "oracle":
+        yield request.getfixturevalue("lab"), "oracle"
+        return
+    ckpt = request.getfixturevalue("micro_ckpt")[0] if request.param == "micro" else None
+    with jupyter_lab_on_quickstart(tmp_path_factory.mktemp("lab"), TOKEN, "tiny", checkpoint=ckpt) as base:
+        yield base, request.param
+
+
 def test_player_widget_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw, chromium_browser(pw) as ctx:
         page = ctx.new_page()
-        page.goto(f"{lab}/lab/tree/01_quickstart.ipynb?token={TOKEN}")
-        page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90000)
-        page.wait_for_function(KERNEL_IDLE, timeout=90000)
-        run_cells(page, 5, start=0)  # title, parameters, load the model, keys help, the Player
-        page.wait_for_function(f"document.querySelector('.worldlab-player') && {STATS}.frames > 10", timeout=90000)
-        page.wait_for_function(KERNEL_IDLE, timeout=30000)
+        open_player(page, lab)
 
         f0 = page.evaluate(f"{STATS}.frames")
         page.wait_for_timeout(10_000)
@@ -121,3 +147,18 @@ def test_player_widget_in_jupyterlab(lab):
                           "names.count('worldlab-model'), sum(len(p.hub.pcs) for p in _live if p.status == 'live'))")
         check = output_with(page, "CHECK").split()
         assert check[1:4] == ["1", "1", "1"], check  # one live player, one model worker, one peer
+
+
+def test_holding_right_moves_one_compact_agent_in_the_widget(any_lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, model = any_lab
+    with sync_playwright() as pw, chromium_browser(pw) as ctx:
+        page = ctx.new_page()
+        open_player(page, base)
+        # the model cell's describe() names what the kernel really loaded
+        output_with(page, {"oracle": "'model': 'oracle'", "micro": "'preset': 'micro'"}.get(model, "'preset': 'tiny'"))
+        page.wait_for_function(f"{STATS}.rtp_locked", timeout=10000)
+        hold = hold_key(page, ".worldlab-player video", ".worldlab-player .wl-stage", PLAYER,
+                        evidence_path(tmp_path, model, "widget-after-3s-right.png"))
+    check_hold_right(hold, "forest", strict=model != "micro")

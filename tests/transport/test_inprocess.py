@@ -1,10 +1,12 @@
 """WebRTC end to end in one event loop: an aiortc client against PeerHub (as aiortc's own tests do).
 
 Checks frames arrive, acks come back, a prompt switch re-themes the received frames, a bad message gets
-an `error` reply while the stream continues, and teardown leaves no peer or worker behind.
+an `error` reply while the stream continues, and teardown leaves no peer or worker behind; on the oracle,
+and on the real model path (the micro checkpoint this session trains): rate, shape, acks, model time.
 """
 
 import asyncio
+import contextlib
 import json
 import threading
 
@@ -70,13 +72,25 @@ def dominant_is(frame, theme):
     return np.abs(frame[2, 2].astype(float) - background_color(theme)).max() < 24  # VP8 chroma loss
 
 
-@pytest.mark.timeout(90)
-async def test_frames_acks_prompt_switch_and_bad_messages():
-    sched = Scheduler(EnvOracle(seed=3)).start()
-    hub = PeerHub(sched.model, sched, fps=30.0)
+@contextlib.asynccontextmanager
+async def streaming(model, **offer):
+    """A PeerHub on `model` with one connected Client; on exit, no peer, room or model worker may remain."""
+    sched = Scheduler(model).start()
+    hub = PeerHub(model, sched, fps=30.0)
     client = Client()
     try:
-        ans = await client.connect(hub, prompt="a sunny desert")
+        yield client, await client.connect(hub, **offer)
+    finally:
+        await client.pc.close()
+        await hub.close()
+        sched.stop()
+    assert not hub.pcs and not hub.rooms and not sched.alive
+    assert not [t for t in threading.enumerate() if t.name == "worldlab-model"]
+
+
+@pytest.mark.timeout(90)
+async def test_frames_acks_prompt_switch_and_bad_messages():
+    async with streaming(EnvOracle(seed=3), prompt="a sunny desert") as (client, ans):
         assert ans["type"] == "answer" and ans["role"] == "player"
         await client.wait_for(lambda: len(client.frames) >= 10)
         assert dominant_is(client.frames[-1], "desert")
@@ -108,9 +122,34 @@ async def test_frames_acks_prompt_switch_and_bad_messages():
         stats = next(m for m in client.msgs if m["type"] == "stats")
         for k in ("fps_target", "fps_actual", "drop_pct", "bitrate_kbps", "kv_bytes", "model_ms", "encode_ms"):
             assert k in stats
-    finally:
-        await client.pc.close()
-        await hub.close()
-        sched.stop()
-    assert not hub.pcs and not hub.rooms and not sched.alive
-    assert not [t for t in threading.enumerate() if t.name == "worldlab-model"]
+
+
+def newest_frame_id(client):
+    return max((m["frame_id"] for m in client.msgs if m["type"] == "frame"), default=-1)
+
+
+async def test_real_model_streams_at_rate_and_acks(micro_ckpt):  # default timeout: the fixture trains first
+    from worldlab.model import load_model
+
+    async with streaming(load_model(micro_ckpt[0]), prompt="a walk in the forest", quality="high") as (client, _):
+        await client.wait_for(lambda: len(client.frames) >= 10 and newest_frame_id(client) >= 0, timeout=20)
+        loop = asyncio.get_running_loop()
+        n0, id0, t0 = len(client.frames), newest_frame_id(client), loop.time()
+        await asyncio.sleep(2.0)
+        dt = loop.time() - t0
+        video_fps, model_fps = (len(client.frames) - n0) / dt, (newest_frame_id(client) - id0) / dt
+        assert 25 <= video_fps <= 35 and 25 <= model_fps <= 35, (video_fps, model_fps)  # target 30, loaded CI
+        frame = client.frames[-1]
+        assert frame.shape == (256, 256, 3)  # the 64x64 frame upscaled to the pinned high rung
+        assert frame.reshape(-1, 3).std(0).max() > 4  # not one flat colour
+
+        seq = client.send(type="action", keys=["right"], t=0)
+        await client.wait_for(lambda: any(m["type"] == "ack" and m["seq"] == seq for m in client.msgs))
+        ack = next(m for m in client.msgs if m["type"] == "ack" and m["seq"] == seq)
+        assert id0 < ack["frame_id"] <= newest_frame_id(client) + 2  # a current frame, not an old or future one
+        await client.wait_for(lambda: newest_frame_id(client) >= ack["frame_id"])
+
+        await client.wait_for(lambda: any(m["type"] == "stats" and m["model_ms"] for m in client.msgs), timeout=5)
+        stats = [m for m in client.msgs if m["type"] == "stats"][-1]
+        assert stats["fps_target"] == 30 and 0 < stats["model_ms"] < 1000 / 30  # real work, inside the budget
+        assert stats["kv_bytes"] > 0  # a real model keeps a KV cache (the oracle reports 0)

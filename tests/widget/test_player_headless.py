@@ -1,5 +1,6 @@
 """The widget's Python side without a front end (as under papermill): it runs, records, snapshots,
-hot-switches and closes without leaving threads or peers behind."""
+hot-switches and closes without leaving threads or peers behind; on the oracle and on the real model path
+(the micro checkpoint this session trains)."""
 
 import threading
 
@@ -27,6 +28,28 @@ def test_headless_player_records_and_closes_cleanly():
         assert np.abs(frame[1, 1].astype(int) - env.background("snow")[0, 0]).max() == 0
         st = p.stats
         assert st["fps_target"] == 30 and st["frontend"] == "none attached" and st["g2g_ms"] is None
+    finally:
+        p.close()
+    assert p.status == "closed" and not p.hub.pcs and not p.hub.rooms
+    assert len(worker_threads()) == before
+
+
+def test_headless_player_on_a_real_checkpoint(micro_ckpt):
+    before = len(worker_threads())
+    p = Player(str(micro_ckpt[0]), prompt="a walk in the forest", fps=30)  # Player("ckpt.safetensors")
+    try:
+        ds = p.record(1.0)
+        assert 24 <= ds.sizes["frame"] <= 34 and float(ds["fps_actual"]) >= 24
+        assert (np.diff(ds["frame"].values) >= 1).all() and ds.attrs["frontend"] == "none attached"
+        assert (ds["model_ms"] > 0).all() and float(ds["model_ms"].median()) < 1000 / 30  # real work, in budget
+        assert ds.attrs["kv_bytes"] > 0  # a real model keeps a KV cache (the oracle reports 0)
+        frame = p.snapshot()
+        assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.reshape(-1, 3).std(0).max() > 4
+
+        p.window = "long"  # hot-switch: a second variant loaded from the same checkpoint, no restart
+        ds = p.record(0.5)
+        assert ds.attrs["window"] == "long" and ds.sizes["frame"] >= 12 and (ds["model_ms"] > 0).all()
+        assert len(worker_threads()) == before + 2  # one scheduler per variant
     finally:
         p.close()
     assert p.status == "closed" and not p.hub.pcs and not p.hub.rooms
