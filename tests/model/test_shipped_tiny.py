@@ -1,0 +1,48 @@
+"""The shipped tiny checkpoint holds the world: held keys keep the agent a crisp 6x6 block on the
+environment's track for 90 steps, and the long window brings a hidden object back where it belongs."""
+
+import numpy as np
+import pytest
+
+from worldlab import env
+from worldlab.model import CONTEXT_FRAMES, load_model, start_session
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model()  # the shipped checkpoint
+
+
+@pytest.mark.parametrize("seed, theme", [(3, "desert"), (8, "night")])
+def test_held_keys_keep_the_agent_compact_and_on_track_for_90_steps(tiny, seed, theme):
+    s = start_session(tiny, f"a walk in the {theme}", seed=seed)
+    w = env.World(seed, theme)  # the same world start_session prefilled from
+    for a in env.random_actions(CONTEXT_FRAMES - 1, seed):
+        w.step(a)
+    agent = np.array(env.THEME_LIST[env.THEMES.index(theme)].agent)
+    for i, keys in enumerate([("right",)] * 30 + [("down",)] * 30 + [("up", "left")] * 30):
+        frame = tiny.step([s], [keys])[0]
+        w.step(keys)
+        n = int((frame == agent).all(-1).sum())
+        assert 31 <= n <= 41, f"step {i}: agent has {n} px, a 6x6 block has 36 (+-15 %)"
+        got, want = env.locate_agent(frame, theme), env.agent_center(theme, w.state())
+        assert np.hypot(got[0] - want[0], got[1] - want[1]) <= 2.0, f"step {i}: agent at {got}, world {want}"
+
+
+@pytest.mark.parametrize("window", ["short", "long"])
+@pytest.mark.parametrize("start, velocity", [((30, 10), (1, 1)), ((52, 20), (-1, 1)), ((28, 10), (2, 2)),
+                                             ((54, 50), (-1, -2))])
+def test_an_object_behind_the_pillar_comes_back_exactly(window, start, velocity):
+    # vx = +-1 keeps it fully hidden 4 frames and partly hidden 6 more: only the KV window remembers it.
+    m = load_model(window=window)
+    w = env.World(0, "forest")
+    w.place((4, 54), [start, (2, 2)], [velocity, (1, 1)])
+    truth = [w.render()] + [w.step(()) for _ in range(CONTEXT_FRAMES - 1)]
+    s = m.init_state("forest")
+    m.prefill(s, np.stack(truth), [()] * (CONTEXT_FRAMES - 1))
+    hidden = 0
+    for t in range(20):
+        frame, want = m.step([s], [()])[0], w.step(())
+        hidden += not (want == env.THEME_LIST[0].objects[0]).all(-1).any()
+        assert np.array_equal(frame, want), f"frame {t} differs from the world"
+    assert hidden >= 2  # the object really went behind the pillar
