@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 
+from worldlab.evaluate import PSNR_CAP
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "worldlab" / "checkpoints" / "tiny.safetensors"
 
@@ -42,4 +44,4 @@ def test_quickstart_runs_headless_under_papermill(tmp_path, model_name):
                              "w4a4 / long / kv nvfp4"}
         assert rows["w4a4 / long / kv nvfp4"]["kv_bytes"] < rows["w4a4 / long / kv none"]["kv_bytes"] / 6
         for r in rows.values():
-            assert 10 < r["psnr_mean"] < 60
+            assert 10 < r["psnr_mean"] <= PSNR_CAP  # pooled; an exact rollout reports the cap
