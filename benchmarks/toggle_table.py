@@ -17,7 +17,7 @@ from worldlab.evaluate import evaluate
 from worldlab.model import load_model
 
 # PSNRs are pooled (PSNR of the mean MSE); occlusion_psnr scores the frames where a hidden object re-emerges
-# after 9 hidden frames, which only the long window (16 frames) still holds.
+# after 9 hidden frames: past the short window (6 frames), within the long one (16).
 KEYS = ("psnr_step1", "psnr_mean", "psnr_tail", "ssim_mean", "agent_err_px", "switch_psnr", "occlusion_psnr",
         "kv_bytes", "model_ms_p50")
 COLUMNS = ("PSNR step 1", "PSNR mean", "PSNR tail", "SSIM", "agent err px", "switch PSNR", "occlusion PSNR",
