@@ -38,7 +38,7 @@ class ModelConfig:
     n_themes: int = 4
     sink: int = 1  # frames kept forever (attention sink)
     # Behind the pillar alone an object is fully hidden for <= 4 frames: a 6-frame window still holds the
-    # frames where it went in (evaluate.occlusion_run hides one for 9 frames: past the short window, within the long).
+    # frames where it went in. evaluate.occlusion_run hides one for 9 frames: past short, within long.
     window_short: int = 6  # recent frames kept in the ring, "short" toggle (the live default)
     window_long: int = 16  # "long" toggle
     # training
