@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from worldlab import env
-from worldlab.evaluate import pooled_psnr
+from worldlab.evaluate import mse, pooled_psnr
 from worldlab.model import CONTEXT_FRAMES, load_model
 
 # (label, keys held, frames, prompt switched to at the start of the segment or None)
@@ -61,18 +61,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
-    model = load_model(args.checkpoint, window=args.window)
-    steps = play(model, args.seed)
     out = pathlib.Path(args.out)
-    if not out.parent.is_dir():
+    if not out.parent.is_dir():  # before any model work
         print(f"error: directory {out.parent} does not exist", file=sys.stderr)
         return 2
+    torch.set_num_threads(2)
+    steps = play(load_model(args.checkpoint, window=args.window), args.seed)
     imgs = [frame_image(lbl, t, m) for lbl, t, m in steps]
     imgs[0].save(out, save_all=True, append_images=imgs[1:], duration=33, loop=0)
-    mse = lambda rows: [float(((t.astype(float) - m.astype(float)) ** 2).mean()) for _, t, m in rows]
-    res = {"frames": len(steps), "psnr_all": pooled_psnr(mse(steps)), "gif": str(out),
-           "segments": {lbl: pooled_psnr(mse([r for r in steps if r[0] == lbl])) for lbl, *_ in SCRIPT}}
+    err = [(lbl, mse(t, m)) for lbl, t, m in steps]
+    res = {"frames": len(steps), "psnr_all": pooled_psnr([e for _, e in err]), "gif": str(out),
+           "segments": {lbl: pooled_psnr([e for l2, e in err if l2 == lbl]) for lbl, *_ in SCRIPT}}
     print(json.dumps(res) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
     return 0
 

@@ -82,12 +82,14 @@ class SpriteCodec(nn.Module):
             if c == 2:
                 out = torch.where(pillar, 2, out)
                 continue
-            i = SPRITE_CLASSES.index(c)
-            x, y = positions[..., i, 0, None, None], positions[..., i, 1, None, None]
-            s = self.sprite_size[i]
-            box = (self.xs >= x) & (self.xs < x + s) & (self.ys >= y) & (self.ys < y + s)
-            out = torch.where(box, c, out)
+            out = torch.where(self.cover(positions, SPRITE_CLASSES.index(c)), c, out)
         return out
+
+    def cover(self, positions: torch.Tensor, i: int) -> torch.Tensor:
+        """(..., 3, 2) corners -> (..., H, W) bool: the pixels sprite i covers, visible or not."""
+        x, y = positions[..., i, 0, None, None], positions[..., i, 1, None, None]
+        s = self.sprite_size[i]
+        return (self.xs >= x) & (self.xs < x + s) & (self.ys >= y) & (self.ys < y + s)
 
     def paint(self, classes: torch.Tensor, themes: torch.Tensor) -> torch.Tensor:
         """(..., H, W) classes, (...) theme indices -> (..., H, W, 3) uint8 frames."""
@@ -113,9 +115,7 @@ def fit_codec(codec: SpriteCodec, frames: torch.Tensor, positions: torch.Tensor)
     codec.sprite_size.copy_(torch.where(seen, ext, 0).amax(0))
     cover = {2: (codec.plate == 2).expand_as(cls)}
     for i, c in enumerate(SPRITE_CLASSES):
-        x, y = positions[:, i, 0, None, None], positions[:, i, 1, None, None]
-        s = codec.sprite_size[i]
-        cover[c] = (codec.xs >= x) & (codec.xs < x + s) & (codec.ys >= y) & (codec.ys < y + s)
+        cover[c] = codec.cover(positions, i)
     layers = [2, *SPRITE_CLASSES]
     wins = {c: 0 for c in layers}
     for a in layers:
