@@ -85,3 +85,33 @@ def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+# The three research toggles: the one list of allowed values and defaults (CLI choices, load_model, the
+# widget's selects, the sweep's grid check all read these).
+TOGGLE_CHOICES = {
+    "weights": ("fp32", "w8a8", "w4a4"),  # weights/activations: fp32, 8-bit FP8 E4M3, 4-bit NVFP4
+    "window": ("short", "long"),  # attention window: ModelConfig.window_short / window_long frames
+    "kv": ("none", "fp8", "nvfp4"),  # KV cache storage
+}
+
+
+@dataclass(frozen=True)
+class Toggles:
+    """One setting of the three research toggles; construction validates every value."""
+
+    weights: str = "fp32"
+    window: str = "short"
+    kv: str = "none"
+
+    def __post_init__(self):
+        for name, allowed in TOGGLE_CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def label(self) -> str:
+        return f"{self.weights} / {self.window} / kv {self.kv}"

@@ -250,6 +250,11 @@ def _collapse(runs, seeds) -> dict:
 
 def evaluate(model, seeds, steps: int, gallery_path=None) -> dict:
     """The figures of `worldlab eval`; with gallery_path, also a PNG of truth vs model frames per seed."""
+    return evaluate_runs(model, seeds, steps, gallery_path)[0]
+
+
+def evaluate_runs(model, seeds, steps: int, gallery_path=None) -> tuple[dict, list[dict]]:
+    """evaluate()'s figures and the per-seed rollouts behind them (rollout_seed's dicts, in seed order)."""
     check_request(seeds, steps, gallery_path)
     seeds = [int(s) for s in seeds]
     runs = [rollout_seed(model, s, steps, theme_for_seed(s)) for s in seeds]
@@ -270,4 +275,4 @@ def evaluate(model, seeds, steps: int, gallery_path=None) -> dict:
         rows = [(s, r["truth"], r["frames"]) for s, r in zip(seeds, runs)]
         res["gallery"] = str(gallery_path)
         res["gallery_steps"] = gallery.write_gallery(gallery_path, rows)
-    return res
+    return res, runs

@@ -5,14 +5,14 @@ Heavy imports happen inside each run function so `worldlab --help` stays fast.
 
 from __future__ import annotations
 
+from worldlab.commands import add_toggle_arguments
+
 import json
 
 
 def _toggles(p) -> None:
     p.add_argument("--checkpoint", default=None, help="safetensors checkpoint (default: the shipped tiny one)")
-    p.add_argument("--weights", default="fp32", choices=["fp32", "w8a8", "w4a4"])
-    p.add_argument("--kv", default="none", choices=["none", "fp8", "nvfp4"])
-    p.add_argument("--window", default="short", choices=["short", "long"])
+    add_toggle_arguments(p)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

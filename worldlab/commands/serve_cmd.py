@@ -5,6 +5,8 @@ Binds 127.0.0.1:8080 by default; uses the shipped model, or the environment orac
 
 from __future__ import annotations
 
+from worldlab.commands import add_toggle_arguments
+
 
 
 def register(sub) -> None:
@@ -14,9 +16,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped tiny one)")
     p.add_argument("--model", default="tiny", choices=["tiny", "oracle"],
                    help="tiny = the trained world model; oracle = the ground-truth environment (transport tests)")
-    p.add_argument("--weights", default="fp32", choices=["fp32", "w8a8", "w4a4"])
-    p.add_argument("--kv", default="none", choices=["none", "fp8", "nvfp4"])
-    p.add_argument("--window", default="short", choices=["short", "long"])
+    add_toggle_arguments(p)
     p.add_argument("--codec", default="vp8", choices=["vp8", "h264"])
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--no-micro-batching", action="store_true", help="step sessions one by one (for comparison)")

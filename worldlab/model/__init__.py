@@ -16,11 +16,11 @@ CONTEXT_FRAMES = 8
 def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu"):
     """A TransformerWorldModel with the three research toggles applied (weights, kv, window)."""
     from worldlab.model import checkpoint as ckpt
-    from worldlab.model.quantize import WEIGHTS, quantize_model
+    from worldlab.config import Toggles
+    from worldlab.model.quantize import quantize_model
     from worldlab.model.world_model import TransformerWorldModel
 
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    Toggles(weights, window, kv)  # one clear error for a bad value, before the checkpoint loads
     net, calib, _extra, digest = ckpt.load(checkpoint, device=device)
     if weights != "fp32":
         if not calib:

@@ -29,8 +29,17 @@ def save(path, net: WorldTransformer, calib: dict[str, torch.Tensor], extra: dic
     return file_hash(path)
 
 
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_hash(path) -> str:
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+    """The short form models report in describe(): the first 16 hex digits of the sha256."""
+    return file_sha256(path)[:16]
 
 
 def read_metadata(path) -> dict:

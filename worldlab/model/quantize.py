@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from worldlab.config import TOGGLE_CHOICES
 from worldlab.kernels.linear import QuantRecipe, quantize_weight, quantized_linear
 
-WEIGHTS = ("fp32", "w8a8", "w4a4")
+WEIGHTS = TOGGLE_CHOICES["weights"]
 # W4A4 uses the best recipe measured by worldlab.kernels.bench (smoothing 0.5 + rank-32 low-rank branch).
 RECIPES = {"w8a8": ("fp8", QuantRecipe()), "w4a4": ("nvfp4", QuantRecipe(smooth_alpha=0.5, lowrank_rank=32))}
 

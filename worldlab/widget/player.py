@@ -19,6 +19,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from worldlab.config import TOGGLE_CHOICES, Toggles
 from worldlab.engine import Scheduler
 from worldlab.engine.metrics import METRICS
 from worldlab.transport import protocol
@@ -98,14 +99,15 @@ class Player(anywidget.AnyWidget):
     prompt = traitlets.Unicode("a walk in the forest").tag(sync=True)
     size = traitlets.Int(384).tag(sync=True)
     fps = traitlets.Float(30.0).tag(sync=True)
-    weights = traitlets.Unicode("fp32").tag(sync=True)
-    window = traitlets.Unicode("short").tag(sync=True)
-    kv = traitlets.Unicode("none").tag(sync=True)
+    weights = traitlets.Unicode(Toggles.weights).tag(sync=True)
+    window = traitlets.Unicode(Toggles.window).tag(sync=True)
+    kv = traitlets.Unicode(Toggles.kv).tag(sync=True)
+    toggle_choices = traitlets.Dict({k: list(v) for k, v in TOGGLE_CHOICES.items()}).tag(sync=True)
     status = traitlets.Unicode("starting").tag(sync=True)
     mode = traitlets.Unicode("none").tag(sync=True)  # "webrtc" | "fallback" | "none" (no front end yet)
 
     def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
-                 size: int = 384, *, checkpoint=None, weights="fp32", window="short", kv="none", **kw):
+                 size: int = 384, *, checkpoint=None, weights=Toggles.weights, window=Toggles.window, kv=Toggles.kv, **kw):
         super().__init__(prompt=prompt, fps=fps, size=size, weights=weights, window=window, kv=kv, **kw)
         if isinstance(model_or_session, (str, pathlib.Path)):
             checkpoint, model_or_session = model_or_session, None

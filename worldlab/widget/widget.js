@@ -34,9 +34,7 @@ function render({ model, el }) {
     <div class="wl-controls">
       <input class="wl-prompt" maxlength="500" value="${model.get("prompt").replace(/"/g, "&quot;")}">
       <button class="wl-send">prompt</button>
-      ${select("weights", ["fp32", "w8a8", "w4a4"], model.get("weights"))}
-      ${select("window", ["short", "long"], model.get("window"))}
-      ${select("kv", ["none", "fp8", "nvfp4"], model.get("kv"))}
+      ${Object.entries(model.get("toggle_choices")).map(([k, vals]) => select(k, vals, model.get(k))).join("\n      ")}
     </div>
     <div class="wl-help">click the picture, then arrows / WASD to move</div>`;
   el.classList.add("worldlab-player");

@@ -1,0 +1,96 @@
+"""One toggle configuration measured end to end into an xarray.Dataset: fidelity against the environment,
+model speed, memory, and the cost of the frames through the real encoder (encode_ms, bytes per frame).
+
+Notebook 02, the quickstart, `worldlab eval --out` and the sweep all measure through `measure_toggles`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import psutil
+import xarray as xr
+
+from worldlab.config import SessionConfig, Toggles
+from worldlab.evaluate import PSNR_CAP, evaluate_runs
+from worldlab.experiments.provenance import now, provenance
+from worldlab.transport.encoder import RoomEncoder
+from worldlab.transport.track import RUNGS
+
+# Scalar figures copied from evaluate() (names as `worldlab eval --json` prints them).
+EVAL_SCALARS = ("psnr_step1", "psnr_mean", "psnr_mean_all", "psnr_tail", "ssim_mean", "switch_psnr",
+                "switch_psnr_min", "occlusion_psnr", "occlusion_psnr_all", "switch_ms", "model_ms_p50",
+                "model_ms_p95", "kv_bytes")
+ENCODE_RUNG = "high"  # the rung a live session starts on
+
+
+def encode_cost(frames: np.ndarray, rung: str = ENCODE_RUNG, cfg: SessionConfig = SessionConfig()):
+    """Each frame upscaled as the live track does and encoded by the room encoder: (ms, bytes) per frame."""
+    scale, bitrate = RUNGS[rung]
+    enc = RoomEncoder(cfg.codec, fps=cfg.fps_target, keyframe_interval_s=cfg.keyframe_interval_s)
+    ms, sizes = [], []
+    for i, frame in enumerate(frames):
+        big = frame.repeat(scale, 0).repeat(scale, 1)
+        t0 = time.perf_counter()
+        packet = enc.encode(big, i * 3000, bitrate)
+        ms.append((time.perf_counter() - t0) * 1000)
+        sizes.append(0 if packet is None else packet.size)
+    return np.array(ms), np.array(sizes)
+
+
+def frame_psnr(mse: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR, with exact frames (MSE 0) at PSNR_CAP so the array stays finite."""
+    with np.errstate(divide="ignore"):
+        db = 10 * np.log10(255.0**2 / mse)
+    return np.minimum(db, PSNR_CAP)
+
+
+def measure_toggles(toggles: Toggles, seeds, steps: int, *, checkpoint=None, model=None, encode: bool = True,
+                    fps_target: float = SessionConfig.fps_target) -> xr.Dataset:
+    """Load (or take) the model under `toggles`, roll out every seed, and return the Dataset."""
+    from worldlab.model import load_model
+
+    started, started_at = time.time(), now()
+    if model is None:
+        model = load_model(checkpoint, **toggles.to_dict())
+    res, runs = evaluate_runs(model, seeds, steps)
+    seeds = res["seeds"]
+    per = {k: np.array([r[src] for r in runs], dtype=np.float64)
+           for k, src in (("mse", "mse"), ("ssim", "ssim"), ("agent_err_px", "agent_err"), ("model_ms", "ms"))}
+    data = {k: (("seed", "step"), v) for k, v in per.items()}
+    data["psnr"] = (("seed", "step"), frame_psnr(per["mse"]))
+    if encode:
+        cost = [encode_cost(r["frames"]) for r in runs]
+        data["encode_ms"] = (("seed", "step"), np.array([c[0] for c in cost]))
+        data["frame_bytes"] = (("seed", "step"), np.array([c[1] for c in cost], dtype=np.int64))
+    ds = xr.Dataset(data, coords={"seed": seeds, "step": np.arange(1, steps + 1)})
+    for k in EVAL_SCALARS:
+        ds[k] = res[k]
+    ds["agent_err_px_mean"] = float(per["agent_err_px"].mean())
+    ds["collapse_seeds"] = len(res["collapse_seeds"])
+    ds["rss_bytes"] = int(psutil.Process().memory_info().rss)
+    ds["fps_target"] = float(fps_target)
+    if encode:
+        ds["encode_ms_p50"] = float(np.percentile(ds["encode_ms"], 50))
+        ds["bytes_per_frame"] = float(ds["frame_bytes"].mean())
+        ds["bitrate_kbps"] = float(ds["frame_bytes"].mean()) * fps_target * 8 / 1000
+    describe = getattr(model, "describe", lambda: {})()
+    ds = ds.assign_coords({k: v for k, v in toggles.to_dict().items()})
+    ds.attrs.update(provenance(checkpoint if describe.get("model") != "oracle" else None,
+                               started_at=started_at))
+    ds.attrs.update({"steps": int(steps), "seeds": list(seeds), "model": str(describe.get("model", "tiny")),
+                     "encode_rung": ENCODE_RUNG if encode else "none", "elapsed_s": round(time.time() - started, 2)})
+    _describe_vars(ds)
+    return ds
+
+
+UNITS = {"psnr": "dB", "mse": "", "ssim": "", "agent_err_px": "px", "model_ms": "ms", "encode_ms": "ms",
+         "frame_bytes": "bytes", "kv_bytes": "bytes", "rss_bytes": "bytes", "bitrate_kbps": "kbit/s"}
+
+
+def _describe_vars(ds: xr.Dataset) -> None:
+    ds["psnr"].attrs["long_name"] = f"per-frame PSNR vs the environment (exact frames = {PSNR_CAP})"
+    for name, unit in UNITS.items():
+        if name in ds and unit:
+            ds[name].attrs["units"] = unit
