@@ -61,5 +61,5 @@ def bench(checkpoint=None, *, weights="fp32", kv="none", window="short", steps=3
     return {"model_ms_p50": pct["p50"], "model_ms_p95": pct["p95"], "model_ms_p99": pct["p99"],
             "switch_ms": float(np.median(switch)), "switch_ms_max": float(np.max(switch)),
             "fps": 1000.0 / pct["p50"], "batch_fps": batch_fps, "batch_speedup_vs_sequential": ratio,
-            "kv_bytes": model.kv_bytes(s), "threads": torch.get_num_threads(), "steps": steps,
+            "kv_bytes": model.kv_bytes(s), "model_ms": ms, "threads": torch.get_num_threads(), "steps": steps,
             "config": model.describe()}

@@ -15,6 +15,8 @@ def _toggles(p) -> None:
     add_toggle_arguments(p)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default=None, metavar="FILE.nc",
+                   help="also write the figures as an xarray/netCDF results file with provenance")
 
 
 def register(sub) -> None:
@@ -54,6 +56,19 @@ def _parse_ints(name: str, text: str) -> list[int]:
     return vals
 
 
+def _check_out(out) -> None:
+    if out is not None:
+        from worldlab.experiments.results import check_out_path
+
+        check_out_path(out)
+
+
+def _toggles_of(args):
+    from worldlab.config import Toggles
+
+    return Toggles(args.weights, args.window, args.kv)
+
+
 def run_train(args) -> int:
     import torch
 
@@ -70,14 +85,22 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     import torch
 
-    from worldlab.evaluate import check_request, evaluate
+    from worldlab.evaluate import check_request, evaluate_runs
+    from worldlab.experiments.measure import eval_dataset
+    from worldlab.experiments.provenance import now
+    from worldlab.experiments.results import save_dataset
     from worldlab.model import load_model
 
     torch.set_num_threads(args.threads)
     seeds = _parse_ints("seeds", args.seeds)
     check_request(seeds, args.steps, args.gallery)  # before the model loads
+    _check_out(args.out)
+    started = now()
     model = load_model(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window)
-    res = evaluate(model, seeds, args.steps, gallery_path=args.gallery)
+    res, runs = evaluate_runs(model, seeds, args.steps, gallery_path=args.gallery)
+    if args.out:
+        ds = eval_dataset(res, runs, _toggles_of(args), model, checkpoint=args.checkpoint, started_at=started)
+        save_dataset(ds, args.out)
     if args.json:
         print(json.dumps(res, allow_nan=False))  # pooled PSNRs are capped: never Infinity/NaN
         return 0
@@ -95,10 +118,17 @@ def run_bench(args) -> int:
     import torch
 
     from worldlab.bench_model import bench
+    from worldlab.experiments.measure import bench_dataset
+    from worldlab.experiments.provenance import now
+    from worldlab.experiments.results import save_dataset
 
     torch.set_num_threads(args.threads)
+    _check_out(args.out)
+    started = now()
     res = bench(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window, steps=args.steps,
                 batches=tuple(_parse_ints("batches", args.batches)))
+    if args.out:
+        save_dataset(bench_dataset(res, _toggles_of(args), args.checkpoint, started_at=started), args.out)
     if args.json:
         print(json.dumps(res))
         return 0

@@ -51,11 +51,19 @@ def measure_toggles(toggles: Toggles, seeds, steps: int, *, checkpoint=None, mod
     """Load (or take) the model under `toggles`, roll out every seed, and return the Dataset."""
     from worldlab.model import load_model
 
-    started, started_at = time.time(), now()
+    started = now()
     if model is None:
         model = load_model(checkpoint, **toggles.to_dict())
     res, runs = evaluate_runs(model, seeds, steps)
-    seeds = res["seeds"]
+    return eval_dataset(res, runs, toggles, model, checkpoint=checkpoint, encode=encode, fps_target=fps_target,
+                        started_at=started)
+
+
+def eval_dataset(res: dict, runs: list[dict], toggles: Toggles, model, *, checkpoint=None, encode: bool = True,
+                 fps_target: float = SessionConfig.fps_target, started_at: str | None = None) -> xr.Dataset:
+    """evaluate_runs() output -> the Dataset (per-step arrays, scalar figures, toggles, provenance)."""
+    t0 = time.perf_counter()
+    seeds, steps = res["seeds"], res["steps"]
     per = {k: np.array([r[src] for r in runs], dtype=np.float64)
            for k, src in (("mse", "mse"), ("ssim", "ssim"), ("agent_err_px", "agent_err"), ("model_ms", "ms"))}
     data = {k: (("seed", "step"), v) for k, v in per.items()}
@@ -76,11 +84,28 @@ def measure_toggles(toggles: Toggles, seeds, steps: int, *, checkpoint=None, mod
         ds["bytes_per_frame"] = float(ds["frame_bytes"].mean())
         ds["bitrate_kbps"] = float(ds["frame_bytes"].mean()) * fps_target * 8 / 1000
     describe = getattr(model, "describe", lambda: {})()
-    ds = ds.assign_coords({k: v for k, v in toggles.to_dict().items()})
-    ds.attrs.update(provenance(checkpoint if describe.get("model") != "oracle" else None,
-                               started_at=started_at))
+    ds = ds.assign_coords(toggles.to_dict())
+    ds.attrs.update(provenance(checkpoint if describe.get("model") != "oracle" else None, started_at=started_at))
     ds.attrs.update({"steps": int(steps), "seeds": list(seeds), "model": str(describe.get("model", "tiny")),
-                     "encode_rung": ENCODE_RUNG if encode else "none", "elapsed_s": round(time.time() - started, 2)})
+                     "encode_rung": ENCODE_RUNG if encode else "none",
+                     "encode_s": round(time.perf_counter() - t0, 3)})
+    _describe_vars(ds)
+    return ds
+
+
+def bench_dataset(res: dict, toggles: Toggles, checkpoint=None, started_at: str | None = None) -> xr.Dataset:
+    """`worldlab bench` figures -> a Dataset: model_ms per timed step (dim `sample`), throughput per batch."""
+    batches = sorted(res["batch_fps"])
+    ds = xr.Dataset({"model_ms": (("sample",), np.asarray(res["model_ms"], dtype=np.float64)),
+                     "batch_fps": (("batch",), [res["batch_fps"][b] for b in batches]),
+                     "batch_speedup": (("batch",), [res["batch_speedup_vs_sequential"][b] for b in batches])},
+                    coords={"sample": np.arange(len(res["model_ms"])), "batch": batches})
+    for k in ("model_ms_p50", "model_ms_p95", "model_ms_p99", "switch_ms", "switch_ms_max", "fps", "kv_bytes",
+              "threads"):
+        ds[k] = res[k]
+    ds = ds.assign_coords(toggles.to_dict())
+    ds.attrs.update(provenance(checkpoint, started_at=started_at))
+    ds.attrs.update({"steps": int(res["steps"]), "model": "tiny"})
     _describe_vars(ds)
     return ds
 
@@ -90,7 +115,8 @@ UNITS = {"psnr": "dB", "mse": "", "ssim": "", "agent_err_px": "px", "model_ms": 
 
 
 def _describe_vars(ds: xr.Dataset) -> None:
-    ds["psnr"].attrs["long_name"] = f"per-frame PSNR vs the environment (exact frames = {PSNR_CAP})"
+    if "psnr" in ds:
+        ds["psnr"].attrs["long_name"] = f"per-frame PSNR vs the environment (exact frames = {PSNR_CAP})"
     for name, unit in UNITS.items():
         if name in ds and unit:
             ds[name].attrs["units"] = unit
