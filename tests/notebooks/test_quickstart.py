@@ -1,25 +1,18 @@
-"""The quickstart is a tested artifact: papermill runs it headless with tiny parameters and we read the
-recorded summary back (the Player must report that no front end is attached and still record)."""
+"""The quickstart is a tested artifact: papermill runs it headless with tiny parameters and we read back the
+results file it writes (the Player must report that no front end is attached and still record)."""
 
-import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from worldlab.evaluate import PSNR_CAP
+from worldlab.experiments.provenance import PROVENANCE_KEYS
+from worldlab.experiments.results import load_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "worldlab" / "checkpoints" / "tiny.safetensors"
-
-
-def summary_of(nb) -> dict:
-    for cell in nb.cells:
-        if "summary" in cell.metadata.get("tags", []):
-            for out in cell.outputs:
-                text = out.get("text", "")
-                if "WORLDLAB_SUMMARY " in text:
-                    return json.loads(text.split("WORLDLAB_SUMMARY ", 1)[1])
-    raise AssertionError("the summary cell printed nothing")
+MEASURED = [("fp32", "short", "none"), ("w4a4", "short", "none"), ("w4a4", "long", "none"), ("w4a4", "long", "nvfp4")]
 
 
 @pytest.mark.timeout(600)
@@ -29,19 +22,26 @@ def test_quickstart_runs_headless_under_papermill(tmp_path, model_name):
 
     if model_name == "tiny" and not SHIPPED.is_file():
         pytest.skip("no shipped checkpoint")
-    out = tmp_path / "quickstart.out.ipynb"
-    nb = pm.execute_notebook(str(ROOT / "notebooks" / "01_quickstart.ipynb"), str(out),
-                             parameters={"model_name": model_name, "record_seconds": 1.0, "eval_steps": 4},
-                             kernel_name="python3", cwd=str(ROOT), progress_bar=False)
-    res = summary_of(nb)
-    s = res["summary"]
-    assert s["frontend"] == "none attached"
-    assert 20 <= s["frames"] <= 40 and s["fps_recorded"] >= 20  # 1 s at 30 fps
-    if model_name == "tiny":
-        assert s["kv_bytes_nvfp4"] < 0.3 * s["kv_bytes"] * 2  # nvfp4 vs fp32 cache at twice the window
-        rows = res["table"]
-        assert set(rows) == {"fp32 / short / kv none", "w4a4 / short / kv none", "w4a4 / long / kv none",
-                             "w4a4 / long / kv nvfp4"}
-        assert rows["w4a4 / long / kv nvfp4"]["kv_bytes"] < rows["w4a4 / long / kv none"]["kv_bytes"] / 6
-        for r in rows.values():
-            assert 10 < r["psnr_mean"] <= PSNR_CAP  # pooled; an exact rollout reports the cap
+    out = tmp_path / "quickstart.nc"
+    pm.execute_notebook(str(ROOT / "notebooks" / "01_quickstart.ipynb"), str(tmp_path / "quickstart.out.ipynb"),
+                        parameters={"model_name": model_name, "record_seconds": 1.0, "eval_seeds": [1],
+                                    "eval_steps": 4, "out": str(out)},
+                        kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    ds = load_dataset(out)
+    assert set(PROVENANCE_KEYS) <= set(ds.attrs)
+    assert ds.attrs["model"] == model_name and ds.attrs["frontend"] == "none attached"
+    assert 20 <= ds.attrs["live_frames"] <= 40 and ds.attrs["live_fps_actual"] >= 20  # 1 s at 30 fps
+    if model_name == "oracle":
+        assert "psnr" not in ds and ds.attrs["checkpoint_sha256"] == "none (oracle)"
+        return
+    assert len(ds.attrs["checkpoint_sha256"]) == 64
+    measured = [c for c in np.ndindex(ds.psnr_mean.shape) if np.isfinite(ds.psnr_mean.values[c])]
+    labels = sorted(tuple(ds[d].values[i] for d, i in zip(("weights", "window", "kv"), c)) for c in measured)
+    assert labels == sorted(MEASURED)
+    cell = lambda w, win, kv: ds.sel(weights=w, window=win, kv=kv)  # noqa: E731
+    assert 10 < float(cell("fp32", "short", "none").psnr_mean) <= PSNR_CAP
+    assert cell("w4a4", "long", "nvfp4").psnr.sizes == {"seed": 1, "step": 4}
+    # NVFP4 KV: under a sixth of the fp32 cache at the same window; the long window holds more than the short
+    assert cell("w4a4", "long", "nvfp4").kv_bytes < cell("w4a4", "long", "none").kv_bytes / 6
+    assert cell("w4a4", "long", "none").kv_bytes > cell("w4a4", "short", "none").kv_bytes
+    assert ds.attrs["live_kv_bytes_nvfp4_long"] < 0.3 * ds.attrs["live_kv_bytes"] * 2

@@ -96,3 +96,21 @@ def json_attr(ds, name: str, default=None):
         return json.loads(v) if isinstance(v, str) else v
     except json.JSONDecodeError:
         return v
+
+
+def stack(datasets, dims) -> "xr.Dataset":
+    """Runs that each hold one value of every name in `dims` (as a scalar coordinate) -> one Dataset with
+    those names as leading dimensions; combinations nobody ran are NaN. Attrs are dropped (the caller
+    stamps its own provenance)."""
+    import xarray as xr
+
+    dims = list(dims)
+    parts = []
+    for ds in datasets:
+        missing = [d for d in dims if d not in ds.coords]
+        if missing:
+            raise ResultsError(f"a run has no coordinate {missing[0]!r} to stack on")
+        parts.append(ds.drop_attrs().expand_dims(dims))
+    if not parts:
+        return xr.Dataset()
+    return xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop").transpose(*dims, ...)

@@ -18,7 +18,7 @@ import xarray as xr
 
 from worldlab.experiments.grid import Grid, load_grid
 from worldlab.experiments.provenance import code_version, checkpoint_sha256, now, provenance
-from worldlab.experiments.results import ResultsError, check_out_path, load_dataset, save_dataset
+from worldlab.experiments.results import ResultsError, check_out_path, load_dataset, save_dataset, stack
 
 CONNECT_TIMEOUT_S = 10
 
@@ -113,15 +113,9 @@ def _coord(value):
 
 def merge(grid: Grid, records: list[dict]) -> xr.Dataset:
     """Per-point datasets -> one Dataset with a dimension per varied parameter; status/error over the grid."""
-    parts = []
-    for rec in records:
-        if rec["status"] in ("ok", "cached"):
-            ds = load_dataset(rec["nc"])
-            ds.attrs = {}
-            for name in grid.varied:
-                ds = ds.assign_coords({name: _coord(rec["point"][name])}).expand_dims(name)
-            parts.append(ds)
-    merged = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop") if parts else xr.Dataset()
+    parts = [load_dataset(r["nc"]).assign_coords({k: _coord(r["point"][k]) for k in grid.varied})
+             for r in records if r["status"] in ("ok", "cached")]
+    merged = stack(parts, grid.varied)
     shape = [len(v) for v in grid.varied.values()]
     coords = {k: [_coord(v) for v in vals] for k, vals in grid.varied.items()}
     status = np.array([r["status"] for r in records], dtype=object).reshape(shape)
