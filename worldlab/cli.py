@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "worldlab.commands.serve_cmd",
     "worldlab.commands.model_cmds",
     "worldlab.commands.kernels_cmd",
+    "worldlab.commands.sweep_cmd",
+    "worldlab.commands.experiment_cmds",
 ]
 
 

@@ -6,6 +6,7 @@ refused with a one-line error, and a half-written file never has the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -49,25 +50,40 @@ def _clean_attrs(attrs: dict) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def atomic_path(path: pathlib.Path):
+    """A temporary name beside `path` to write to; renamed to `path` when the block succeeds, removed when
+    it fails, so a half-written file never carries the final name."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared like any other file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def save_dataset(ds, path) -> pathlib.Path:
     """Write `ds` to `path` atomically (temporary name in the same directory, then rename)."""
     p = check_out_path(path)
     missing = [k for k in PROVENANCE_KEYS if k not in ds.attrs]
     if missing:
         raise ResultsError(f"dataset lacks provenance attrs {missing}")
-    ds = ds.copy()
+    ds = ds.drop_encoding()  # an encoding read from another file (e.g. a fixed string width) must not truncate
     ds.attrs = _clean_attrs({**ds.attrs, "worldlab_results": RESULTS_FORMAT})
     for name in ds.variables:
         ds[name].attrs = _clean_attrs(ds[name].attrs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         ds.to_netcdf(tmp, engine=ENGINE, invalid_netcdf=True)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_dataset(path):
@@ -98,7 +114,7 @@ def json_attr(ds, name: str, default=None):
         return v
 
 
-def stack(datasets, dims) -> "xr.Dataset":
+def stack(datasets, dims):
     """Runs that each hold one value of every name in `dims` (as a scalar coordinate) -> one Dataset with
     those names as leading dimensions; combinations nobody ran are NaN. Attrs are dropped (the caller
     stamps its own provenance)."""
