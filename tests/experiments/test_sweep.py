@@ -99,18 +99,19 @@ save_dataset(xr.Dataset({"y": ("i", [x, x * x])}, attrs=provenance()), out)
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_failed_point_is_recorded_the_others_complete_and_reruns_use_the_cache(tmp_path):
+def test_failed_point_is_recorded_the_others_complete_and_reruns_use_the_cache(tmp_path, monkeypatch):
     params = nbformat.v4.new_code_cell('x = 0\nout = "r.nc"')
     params.metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(FLAKY_NOTEBOOK)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "flaky.ipynb")
     grid = write_yaml(tmp_path / "grid.yaml", {"notebook": str(tmp_path / "flaky.ipynb"), "x": [1, 2, 3]})
-    ds = run_sweep(grid, tmp_path / "r.nc", workers=2, progress=False)
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed on a command line
+    ds = run_sweep("grid.yaml", "r.nc", workers=2, progress=False)
     assert list(ds.status.values) == ["ok", "failed", "ok"]
     assert ds.error.values[1] == "RuntimeError: point two is broken"
     assert ds.y.sel(x=3).values.tolist() == [3, 9] and np.isnan(ds.y.sel(x=2).values).all()
-    again = run_sweep(grid, tmp_path / "r.nc", workers=2, progress=False)
+    again = run_sweep(grid, "r.nc", workers=2, progress=False)
     assert list(again.status.values) == ["cached", "failed", "cached"]
 
 

@@ -121,14 +121,14 @@ def merge(grid: Grid, records: list[dict]) -> xr.Dataset:
     status = np.array([r["status"] for r in records], dtype=object).reshape(shape)
     error = np.array([r["error"] for r in records], dtype=object).reshape(shape)
     dims = list(grid.varied)
-    merged["status"] = xr.DataArray(status.astype(str), dims=dims, coords=coords)
-    merged["error"] = xr.DataArray(error.astype(str), dims=dims, coords=coords)
-    return merged.transpose(*dims, ...)
+    outcome = xr.Dataset({"status": (dims, status.astype(str)), "error": (dims, error.astype(str))}, coords=coords)
+    # outer join: a value whose every point failed still gets its place on the grid (data NaN there)
+    return xr.merge([merged, outcome], join="outer", combine_attrs="drop").transpose(*dims, ...)
 
 
 def run_sweep(grid_path, out, *, workers: int = 2, scheduler: str | None = None, cache: bool = True,
               progress: bool = True, timeout_s: float = 3600.0) -> xr.Dataset:
-    out = check_out_path(out)
+    out = check_out_path(out).resolve()  # each notebook runs with its own cwd: hand it absolute paths
     grid = load_grid(grid_path)
     started, code = now(), code_version()
     run_dir = out.with_name(f"{out.stem}_runs")
