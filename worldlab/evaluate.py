@@ -101,23 +101,40 @@ def _prompt(theme: str) -> str:
     return f"a walk in the {theme}"
 
 
-def rollout_seed(model, seed: int, steps: int, theme: str) -> dict:
+def rollout_frames(model, seed: int, steps: int, theme: str):
+    """The rollout protocol: prefill CONTEXT_FRAMES ground-truth frames, then `steps` model steps under the
+    seed's actions. Returns (session state, iterator of (generated, true frame, model ms, world state))."""
     actions = env.random_actions(CONTEXT_FRAMES - 1 + steps, seed)
     w = env.World(seed, theme)
     truth = [w.reset()] + [w.step(a) for a in actions[: CONTEXT_FRAMES - 1]]
     state = model.init_state(_prompt(theme))
     model.prefill(state, np.stack(truth), actions[: CONTEXT_FRAMES - 1])
+
+    def steps_():
+        for a in actions[CONTEXT_FRAMES - 1:]:
+            t0 = time.perf_counter()
+            frame = model.step([state], [a])[0]
+            ms = (time.perf_counter() - t0) * 1000
+            yield frame, w.step(a), ms, w.state()
+
+    return state, steps_()
+
+
+def agent_error(frame: np.ndarray, theme: str, world_state: dict) -> float:
+    """Pixels between the agent found in `frame` and its true centre; env.SIZE when it is not found."""
+    found = env.locate_agent(frame, theme)
+    cx, cy = env.agent_center(theme, world_state)
+    return float(np.hypot(found[0] - cx, found[1] - cy)) if found else float(env.SIZE)
+
+
+def rollout_seed(model, seed: int, steps: int, theme: str) -> dict:
+    state, frames = rollout_frames(model, seed, steps, theme)
     gen, tru, ms, agent_err = [], [], [], []
-    for a in actions[CONTEXT_FRAMES - 1:]:
-        t0 = time.perf_counter()
-        frame = model.step([state], [a])[0]
-        ms.append((time.perf_counter() - t0) * 1000)
-        gt = w.step(a)
+    for frame, gt, t, world_state in frames:
         gen.append(frame)
         tru.append(gt)
-        found = env.locate_agent(frame, theme)
-        cx, cy = env.agent_center(theme, w.state())
-        agent_err.append(float(np.hypot(found[0] - cx, found[1] - cy)) if found else float(env.SIZE))
+        ms.append(t)
+        agent_err.append(agent_error(frame, theme, world_state))
     gen, tru = np.stack(gen), np.stack(tru)
     return {"mse": [mse(g, t) for g, t in zip(gen, tru)], "ssim": [ssim(g, t) for g, t in zip(gen, tru)],
             "agent_err": agent_err, "ms": ms, "kv_bytes": model.kv_bytes(state), "flags": collapse_flags(gen, tru),

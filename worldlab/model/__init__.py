@@ -13,8 +13,9 @@ __all__ = ["KEYS", "WorldModel", "load_model", "start_session", "CONTEXT_FRAMES"
 CONTEXT_FRAMES = 8
 
 
-def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu"):
-    """A TransformerWorldModel with the three research toggles applied (weights, kv, window)."""
+def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu", sink=None):
+    """A TransformerWorldModel with the three research toggles applied (weights, kv, window); `sink`
+    overrides the attention-sink frames kept forever (0..the trained sink; None = as trained)."""
     from worldlab.model import checkpoint as ckpt
     from worldlab.config import Toggles
     from worldlab.model.quantize import quantize_model
@@ -27,7 +28,7 @@ def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", de
             raise ValueError("checkpoint has no activation calibration; it cannot be quantized")
         quantize_model(net, weights, calib)
     return TransformerWorldModel(net, net.cfg, weights=weights, kv=kv, window=window, device=device,
-                                 checkpoint_hash=digest)
+                                 checkpoint_hash=digest, sink=sink)
 
 
 def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):

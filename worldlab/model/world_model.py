@@ -6,7 +6,7 @@ session against its own cache (sink + window, uncompressed / FP8 / NVFP4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -29,14 +29,27 @@ class SessionState:
     frames_generated: int = 0
 
 
+def _with_sink(cfg: ModelConfig, sink: int | None) -> ModelConfig:
+    """cfg with the attention sink overridden (None keeps the trained one).
+
+    Only 0..cfg.sink: the parallel rebuild (prefill, recache) masks with the net's trained sink, and a frame
+    between the new and the trained sink is in the history only while it is inside the window, where both
+    masks and ALiBi ages agree; a larger sink would keep frames the rebuild would treat differently."""
+    if sink is None:
+        return cfg
+    if isinstance(sink, bool) or not isinstance(sink, int) or not 0 <= sink <= cfg.sink:
+        raise ValueError(f"sink must be an int in 0..{cfg.sink} (the trained sink), got {sink!r}")
+    return replace(cfg, sink=sink)
+
+
 class TransformerWorldModel:
     """WorldModel protocol implementation; build with worldlab.model.load_model."""
 
     def __init__(self, net: WorldTransformer, cfg: ModelConfig, *, weights="fp32", kv="none", window="short",
-                 device="cpu", checkpoint_hash: str = ""):
+                 device="cpu", checkpoint_hash: str = "", sink: int | None = None):
         if kv not in KINDS:
             raise ValueError(f"kv must be one of {KINDS}, got {kv!r}")
-        self.net, self.cfg = net.eval(), cfg
+        self.net, self.cfg = net.eval(), _with_sink(cfg, sink)
         self.weights, self.kv, self.window_name = weights, kv, window
         self.window = cfg.window(window)
         self.device = torch.device(device)
