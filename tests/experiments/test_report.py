@@ -260,3 +260,19 @@ def test_console_script_reports_a_missing_file_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"worldlab report: error: no results file at {tmp_path / 'nope.nc'}"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_markdown_table_lists_every_configuration_with_its_figures(files, sweep):
+    out = files["sweep"].with_name("table.md")
+    assert main(["report", str(files["sweep"]), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[2:] if line.startswith("| ")}
+    assert set(rows) == {"fp32 / short / kv none", "fp32 / short / kv nvfp4", "w4a4 / short / kv none",
+                         "w4a4 / short / kv nvfp4"}
+    head = [c.strip("| ") for c in lines[0].split(" | ")]
+    ok = dict(zip(head, (c.strip("| ") for c in rows["fp32 / short / kv none"])))
+    assert ok["status"] == "ok" and ok["KV cache (bytes)"] == str(int(sweep.kv_bytes.sel(weights="fp32", kv="none")))
+    assert ok["PSNR mean (dB)"] == f"{float(sweep.psnr_mean.sel(weights='fp32', kv='none')):.2f}"
+    failed = dict(zip(head, (c.strip("| ") for c in rows["w4a4 / short / kv none"])))
+    assert failed["status"] == "failed" and failed["PSNR mean (dB)"] == "—"
+    assert "checkpoint " + sweep.attrs["checkpoint_sha256"][:16] in lines[-1]

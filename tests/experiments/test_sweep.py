@@ -15,8 +15,7 @@ from worldlab.experiments.provenance import PROVENANCE_KEYS
 from worldlab.experiments.results import load_dataset
 from worldlab.experiments.sweep import run_sweep
 
-GRID = {"weights": ["fp32", "w4a4"], "kv": ["none", "nvfp4"], "window": "short", "seeds": [1], "steps": 6,
-        "encode": False}
+GRID = {"weights": ["fp32", "w4a4"], "kv": ["none", "nvfp4"], "window": "short", "seeds": [1], "steps": 6}
 
 
 def write_yaml(path: pathlib.Path, data) -> pathlib.Path:
@@ -30,7 +29,7 @@ def test_grid_rules_vary_lists_fix_scalars_and_list_typed_parameters():
     g = parse_grid(GRID)
     assert g.notebook.name == "02_three_toggles.ipynb"
     assert g.varied == {"weights": ["fp32", "w4a4"], "kv": ["none", "nvfp4"]}
-    assert g.fixed == {"window": "short", "seeds": [1], "steps": 6, "encode": False}
+    assert g.fixed == {"window": "short", "seeds": [1], "steps": 6}
     assert len(g.points()) == 4 and {"weights": "w4a4", "kv": "none"}.items() <= g.points()[2].items()
     g = parse_grid({"seeds": [[1, 2], [3]], "steps": 4})  # seeds is list-typed: a list of lists varies it
     assert g.varied == {"seeds": [[1, 2], [3]]} and [p["seeds"] for p in g.points()] == [[1, 2], [3]]
@@ -79,6 +78,7 @@ def test_four_point_sweep_on_two_workers_is_reproducible(tmp_path):
     assert ((ds.psnr > 10) & (ds.psnr <= 100)).all()
     kv = ds.kv_bytes.sel(weights="fp32")
     assert kv.sel(kv="nvfp4") < kv.sel(kv="none") / 6  # NVFP4 KV cache vs fp32
+    assert (ds.frame_bytes > 0).all() and (ds.encode_ms > 0).all()  # every frame went through the encoder
     runs = json.loads(ds.attrs["runs"])
     assert all(pathlib.Path(r["notebook"]).is_file() for r in runs)  # executed notebooks kept beside
     second = run_sweep(grid, tmp_path / "b.nc", workers=2, progress=False, cache=False)

@@ -9,8 +9,8 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("report", help="render a results file as an offline HTML report or a notebook")
     p.add_argument("results", help="results file (.nc) written by a notebook, `worldlab sweep` or --out")
-    p.add_argument("--out", help="report.html (self-contained, opens offline) or report.ipynb "
-                                 "(default: the results file with .html)")
+    p.add_argument("--out", help="report.html (self-contained, opens offline), report.ipynb, or table.md (the "
+                                 "toggle table as Markdown) (default: the results file with .html)")
     p.set_defaults(func=run_report)
 
 

@@ -16,16 +16,19 @@ import numpy as np
 from worldlab.experiments.provenance import PROVENANCE_KEYS
 from worldlab.experiments.results import ResultsError, atomic_path, check_out_path, json_attr, load_dataset
 
-SUFFIXES = (".html", ".ipynb")
+SUFFIXES = (".html", ".ipynb", ".md")
 
 
 def write_report(results_path, out_path) -> pathlib.Path:
-    """Render `results_path` to `out_path` (.html or .ipynb), written under a temporary name then renamed."""
+    """Render `results_path` to `out_path` (.html, .ipynb, or .md: the toggle table as Markdown, for READMEs),
+    written under a temporary name then renamed."""
     out = check_out_path(out_path, SUFFIXES)
     ds = load_dataset(results_path)
     check_reportable(ds, results_path)
     if out.suffix == ".html":
         text = render_html(ds, pathlib.Path(results_path).name)
+    elif out.suffix == ".md":
+        text = render_markdown(ds)
     else:
         text = render_notebook(ds, pathlib.Path(results_path).resolve())
     _write_atomic(out, text)
@@ -244,6 +247,36 @@ def _cell(text: str, numeric: bool) -> str:
 
 
 # --- notebook --------------------------------------------------------------------------------------------
+
+MD_FORMATS = {"SSIM": ".3f", "KV cache (bytes)": ".0f", "bytes/frame": ".0f", "collapsed seeds": ".0f"}
+
+
+def render_markdown(ds) -> str:
+    """The toggle table as a Markdown table (failed points show "failed"), and where it came from."""
+    from worldlab.experiments.plots import toggle_table
+
+    df = toggle_table(ds)
+    df = df.drop(columns=[c for c in ("weights", "window", "kv") if c in df.columns])  # the label names them
+    head = ["configuration", *df.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row in df.iterrows():
+        cells = [label] + [_md_cell(c, v) for c, v in row.items()]
+        lines.append("| " + " | ".join(cells) + " |")
+    commit = str(ds.attrs.get("git_commit", "unknown"))[:10] + (" (dirty)" if int(ds.attrs.get("git_dirty", 0)) else "")
+    where = (f"commit {commit}, checkpoint {str(ds.attrs.get('checkpoint_sha256', 'none'))[:16]}, "
+             f"{ds.attrs.get('machine_cpu', '?')} x {ds.attrs.get('machine_cores', '?')} cores, GPU "
+             f"{ds.attrs.get('machine_gpu', 'none')}, torch {ds.attrs.get('torch_version', '?')}, "
+             f"started {ds.attrs.get('started_at', '?')}")
+    return "\n".join(lines) + f"\n\n{where}\n"
+
+
+def _md_cell(column: str, value) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    return format(float(value), MD_FORMATS.get(column, ".2f"))
+
 
 def render_notebook(ds, results: pathlib.Path) -> str:
     """A notebook whose cells load `results` (a papermill parameter) and draw the report's figures."""

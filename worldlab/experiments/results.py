@@ -129,4 +129,6 @@ def stack(datasets, dims):
         parts.append(ds.drop_attrs().expand_dims(dims))
     if not parts:
         return xr.Dataset()
-    return xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop").transpose(*dims, ...)
+    merged = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
+    order = {d: list(dict.fromkeys(v for ds in datasets for v in np.atleast_1d(ds[d].values).tolist())) for d in dims}
+    return merged.reindex(order).transpose(*dims, ...)  # merge sorts labels; keep them in run order

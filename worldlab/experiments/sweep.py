@@ -131,6 +131,7 @@ def run_sweep(grid_path, out, *, workers: int = 2, scheduler: str | None = None,
     out = check_out_path(out).resolve()  # each notebook runs with its own cwd: hand it absolute paths
     grid = load_grid(grid_path)
     started, code = now(), code_version()
+    stamp = provenance(grid.fixed.get("checkpoint"), started_at=started)  # the tree as the sweep starts
     run_dir = out.with_name(f"{out.stem}_runs")
     run_dir.mkdir(exist_ok=True)
     records, todo = [], []
@@ -149,7 +150,7 @@ def run_sweep(grid_path, out, *, workers: int = 2, scheduler: str | None = None,
     for i, res in _execute(grid, todo, workers, scheduler, timeout_s, progress).items():
         records[i].update(res)
     ds = merge(grid, records)
-    ds.attrs.update(provenance(grid.fixed.get("checkpoint"), started_at=started))
+    ds.attrs.update(stamp)
     ds.attrs.update({"grid": json.dumps(grid.source), "notebook": grid.notebook.stem, "code_version": code,
                      "workers": "scheduler " + scheduler if scheduler else f"LocalCluster x {workers}",
                      "finished_at": now(),
