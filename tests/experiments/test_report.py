@@ -276,3 +276,17 @@ def test_markdown_table_lists_every_configuration_with_its_figures(files, sweep)
     failed = dict(zip(head, (c.strip("| ") for c in rows["w4a4 / short / kv none"])))
     assert failed["status"] == "failed" and failed["PSNR mean (dB)"] == "—"
     assert "checkpoint " + sweep.attrs["checkpoint_sha256"][:16] in lines[-1]
+
+
+def test_drift_results_get_their_own_section_and_markdown_table(tmp_path):
+    from worldlab.experiments.drift import measure_drift
+
+    ds = measure_drift([1], 12, {"anchor": ["sink", "none"], "window": ["short"], "kv": ["none"]})
+    src = save_dataset(ds, tmp_path / "drift.nc")
+    assert main(["report", str(src), "--out", str(tmp_path / "drift.html")]) == 0
+    page = (tmp_path / "drift.html").read_text()
+    assert "Long-horizon drift" in page and "Toggle table" not in page and page.count('class="figure"') == 1
+    assert main(["report", str(src), "--out", str(tmp_path / "drift.md")]) == 0
+    rows = [line for line in (tmp_path / "drift.md").read_text().splitlines() if line.startswith("| anchor")]
+    assert [r.split(" | ")[0] for r in rows] == ["| anchor sink / short / kv none", "| anchor none / short / kv none"]
+    assert rows[0].split(" | ")[1] == f"{float(ds.psnr_head.isel(anchor=0, window=0, kv=0)):.2f}"

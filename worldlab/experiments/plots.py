@@ -37,6 +37,7 @@ TABLE_COLUMNS = (
 SCALE = {"rss_bytes": 1 / 2**20}
 WIDE, TALL = 1000, 400
 MARKER_MIN, MARKER_MAX = 10, 40  # px
+LABEL_LIMIT = 8  # configurations labelled in place on the scatter
 
 
 def grid_dims(ds) -> list[str]:
@@ -148,16 +149,19 @@ def fidelity_speed_memory(ds) -> hv.Overlay:
     x = hv.Dimension("model_ms_p50", label="model ms per step (p50; bar to p95)")
     y = hv.Dimension("psnr_mean", label="PSNR mean (dB)")
     kv = hv.Dimension("kv_bytes", label="KV cache (bytes)")
+    crowded = len(df) > LABEL_LIMIT  # past this, text labels overlap: a legend names the points instead
     points = hv.Points(df, [x, y], ["config", kv, "model_ms_p95", "size"]).opts(
-        color="config", cmap="Category10", size="size", alpha=0.75, line_color="black", tools=["hover"],
+        color="config", cmap="Category20" if crowded else "Category10", size="size", alpha=0.75, line_color="black", tools=["hover"],
         backend="bokeh")
     spread = hv.Segments(df, ["model_ms_p50", "psnr_mean", "model_ms_p95", "psnr_mean"]).opts(
         color="gray", line_width=2, backend="bokeh")
     labels = hv.Labels(df, [x, y], "config").opts(
         text_font_size="9pt", text_color="black", text_baseline="bottom", hooks=[_float_above_marker],
         backend="bokeh")
-    return (spread * points * labels).opts(
-        width=WIDE, height=TALL, show_grid=True, show_legend=False, padding=0.25, xlabel=x.label,
+    overlay = spread * points if crowded else spread * points * labels
+    return overlay.opts(
+        width=WIDE, height=TALL, show_grid=True, show_legend=crowded, legend_position="right", padding=0.25,
+        xlabel=x.label,
         ylabel=y.label, title="Fidelity vs speed vs memory (marker area ∝ KV cache bytes)", backend="bokeh")
 
 

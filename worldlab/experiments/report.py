@@ -35,6 +35,11 @@ def write_report(results_path, out_path) -> pathlib.Path:
     return out
 
 
+def is_drift(ds) -> bool:
+    """A notebook-04 file: per-step PSNR over anchor/window/kv configurations, no toggle-table scalars."""
+    return "psnr_pooled" in ds and "anchor" in ds.dims
+
+
 def check_reportable(ds, path="results") -> None:
     """A report draws toggle results (psnr per seed and step) and/or a latency budget (g2g_ms)."""
     if "psnr" not in ds and "g2g_ms" not in ds:
@@ -53,9 +58,18 @@ def provenance_frame(ds):
     import pandas as pd
 
     keys = [k for k in PROVENANCE_KEYS if k in ds.attrs]
-    keys += [k for k in ds.attrs if k not in keys and k != "grid"]
+    keys += [k for k in ds.attrs if k not in keys and k not in ("grid", "runs")]  # shown as their own tables
     values = [_attr_text(k, ds.attrs[k]) for k in keys]
     return pd.DataFrame({"value": values}, index=pd.Index(keys, name="attr"))
+
+
+def runs_frame(runs: list[dict]):
+    """One row per sweep run: its parameters, status, seconds and executed notebook's file name."""
+    import pandas as pd
+
+    return pd.DataFrame([{"point": ", ".join(f"{k}={v}" for k, v in r.get("point", {}).items()),
+                          "status": r.get("status", ""), "seconds": f"{float(r.get('elapsed_s') or 0):.1f}",
+                          "notebook": pathlib.Path(str(r.get("notebook", ""))).name} for r in runs])
 
 
 def _attr_text(key, value) -> str:
@@ -169,8 +183,17 @@ def _html_sections(ds) -> tuple[list[tuple[str, str, str]], list]:
     if grid is not None:
         lines = (f"{k}: {json.dumps(v)}" for k, v in grid.items()) if isinstance(grid, dict) else [str(grid)]
         prov += f"<p>grid:</p><pre>{html.escape(chr(10).join(lines))}</pre>"
+    runs = json_attr(ds, "runs")
+    if isinstance(runs, list) and runs:
+        prov += "<p>runs:</p>" + _table(runs_frame(runs), numeric=False)
     out = [("provenance", "Provenance", prov)]
-    if "psnr" in ds:
+    if is_drift(ds):
+        from worldlab.experiments.drift import drift_plots, summary_table
+
+        out.append(("drift", "Long-horizon drift", _table(summary_table(ds).reset_index(), fmt=_fmt_metric)
+                    + figure(drift_plots(ds, logx=True))
+                    + f'<p class="note">{html.escape(str(ds.attrs.get("anchor_definition", "")))}</p>'))
+    elif "psnr" in ds:
         table = plots.toggle_table(ds)
         out.append(("toggle-table", "Toggle table", f'<div class="wide">{_toggle_table_html(table)}</div>'))
         out.append(("fidelity-speed-memory", "Fidelity vs speed vs memory",
@@ -255,7 +278,12 @@ def render_markdown(ds) -> str:
     """The toggle table as a Markdown table (failed points show "failed"), and where it came from."""
     from worldlab.experiments.plots import toggle_table
 
-    df = toggle_table(ds)
+    if is_drift(ds):
+        from worldlab.experiments.drift import summary_table
+
+        df = summary_table(ds)
+    else:
+        df = toggle_table(ds)
     df = df.drop(columns=[c for c in ("weights", "window", "kv") if c in df.columns])  # the label names them
     head = ["configuration", *df.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
