@@ -271,7 +271,7 @@ def _cell(text: str, numeric: bool) -> str:
 
 # --- notebook --------------------------------------------------------------------------------------------
 
-MD_FORMATS = {"SSIM": ".3f", "KV cache (bytes)": ".0f", "bytes/frame": ".0f", "collapsed seeds": ".0f"}
+MD_FORMATS = {"SSIM": ".3f", "collapsed seeds": ".0f"}
 
 
 def render_markdown(ds) -> str:
@@ -303,6 +303,10 @@ def _md_cell(column: str, value) -> str:
         return value
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "—"
+    if "bytes" in column.lower():
+        return format(float(value), ".0f")
+    if 0 < abs(float(value)) < 0.1:  # small statistics (histogram distances) would all print as 0.00
+        return format(float(value), ".4f")
     return format(float(value), MD_FORMATS.get(column, ".2f"))
 
 
