@@ -51,3 +51,50 @@ def test_bad_cli_input_is_one_clear_line():
     assert "Traceback" not in out.stderr
     out = run("train", "--preset", "huge", "--out", "/tmp/x.safetensors")
     assert out.returncode == 2 and "unknown preset 'huge'" in out.stderr
+
+
+def one_line_error(out, needle):
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr and needle in out.stderr, out.stderr[-2000:]
+    assert len([ln for ln in out.stderr.splitlines() if ln.strip()]) == 1, out.stderr
+
+
+def test_bad_serve_and_lab_start_up_values_are_one_line():
+    one_line_error(run("serve", "--model", "oracle", "--port", "-1"), "--port must be in [1, 65535]")
+    one_line_error(run("serve", "--model", "oracle", "--port", "70000"), "--port must be in [1, 65535]")
+    one_line_error(run("serve", "--model", "oracle", "--fps", "0"), "--fps must be in [1, 120]")
+    one_line_error(run("serve", "--model", "oracle", "--fps", "nan"), "--fps must be in")
+    one_line_error(run("serve", "--model", "oracle", "--max-sessions", "0"), "--max-sessions must be at least 1")
+    one_line_error(run("lab", "--dry-run", "--port", "-5"), "--port must be in [1, 65535]")
+
+
+def test_serve_on_a_port_in_use_is_one_line():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        out = run("serve", "--model", "oracle", "--port", str(s.getsockname()[1]))
+    one_line_error(out, "cannot listen on 127.0.0.1:")
+    assert "worldlab serving" not in out.stdout  # nothing claims to serve
+
+
+def test_serve_logs_access_lines_without_query_strings_and_hides_versions(tmp_path):
+    import urllib.request
+
+    from tests.browser_support import free_port, running
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with running([sys.executable, "-m", "worldlab.cli", "serve", "--model", "oracle", "--port", str(port)],
+                 port, str(log)):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token=s3cret") as r:
+            assert r.status == 200 and r.headers["Server"] == "worldlab"
+        import time
+
+        deadline = time.monotonic() + 10
+        while "GET /healthz" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    text = log.read_text()
+    assert '"GET /healthz" 200' in text and "s3cret" not in text, text
+    assert "worldlab serving" in text and "Traceback" not in text

@@ -16,8 +16,25 @@ class SessionConfig:
     codec: str = "vp8"  # "vp8" | "h264"
     keyframe_interval_s: float = 0.75
     quality: str = "auto"  # "auto" | "low" | "high"
-    max_message_bytes: int = 4096
+    max_message_bytes: int = 4096  # one `ctl` message; bigger ones get a `too_large` error reply
     stats_interval_s: float = 1.0
+    fps_range: tuple = (1.0, 120.0)  # allowed fps_target (worldlab serve --fps)
+    # Serving limits and guards (worldlab.server, worldlab.transport.peer).
+    # The data channel advertises this as its SCTP max-message-size; a peer that sends a bigger message
+    # is disconnected as soon as the partial message passes it (aiortc would otherwise reassemble any size).
+    sctp_max_message_bytes: int = 16384
+    max_json_depth: int = 16  # deeper `ctl` messages or /offer bodies are refused before json.loads
+    max_offer_bytes: int = 64 * 1024  # POST /offer body
+    offer_read_timeout_s: float = 10.0  # the whole /offer body must arrive within this
+    max_sessions: int = 8  # live rooms (players) per server; the next offer gets 503 server_full
+    max_viewers_per_room: int = 8  # spectators per room; the next gets 503 room_full
+    # A peer that has not reached "connected" this long after its answer is dropped (and its room, for a
+    # player). Connected peers that vanish are caught by ICE consent freshness (aioice: ~30 s) -> "failed".
+    connect_timeout_s: float = 15.0
+    room_id_bytes: int = 16  # random bytes in a server-chosen room id (secrets.token_urlsafe)
+
+    def __post_init__(self):
+        object.__setattr__(self, "fps_range", tuple(self.fps_range))  # JSON round-trips give lists
 
     def to_dict(self) -> dict:
         return asdict(self)

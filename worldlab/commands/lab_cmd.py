@@ -21,6 +21,8 @@ def find_quickstart() -> pathlib.Path:
 
 
 def lab_argv(args, notebook: pathlib.Path) -> list[str]:
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
     root = notebook.parents[1]
     argv = [sys.executable, "-m", "jupyter", "lab", str(notebook.relative_to(root)),
             f"--ServerApp.root_dir={root}", f"--port={args.port}", f"--ServerApp.ip={args.host}"]

@@ -5,7 +5,7 @@ Heavy imports happen inside each run function so `worldlab --help` stays fast.
 
 from __future__ import annotations
 
-from worldlab.commands import add_toggle_arguments
+from worldlab.commands import add_toggle_arguments, threads_arg
 
 import json
 
@@ -13,7 +13,7 @@ import json
 def _toggles(p) -> None:
     p.add_argument("--checkpoint", default=None, help="safetensors checkpoint (default: the shipped tiny one)")
     add_toggle_arguments(p)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None, metavar="FILE.nc",
                    help="also write the figures as an xarray/netCDF results file with provenance")
@@ -27,7 +27,7 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, help="continue from this checkpoint (same preset) instead of scratch")
     t.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=run_train)
 

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from worldlab.config import SessionConfig
 from worldlab.engine.metrics import Rolling
 from worldlab.engine.slot import LatestFrameSlot
 
@@ -20,8 +21,9 @@ _ids = itertools.count(1)
 
 class Session:
     def __init__(self, state: Any, prompt: str, *, fps_target: float = 30.0, room: str | None = None):
-        if not 1.0 <= fps_target <= 120.0:
-            raise ValueError(f"fps_target must be in [1, 120], got {fps_target}")
+        low, high = SessionConfig.fps_range
+        if not low <= fps_target <= high:
+            raise ValueError(f"fps_target must be in [{low:g}, {high:g}], got {fps_target}")
         self.id = f"s{next(_ids)}"
         self.room = room or self.id
         self.state = state

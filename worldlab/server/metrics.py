@@ -1,4 +1,8 @@
-"""/metrics: the metric dictionary as Prometheus gauges, one label per room, read live at scrape time."""
+"""/metrics: the metric dictionary as Prometheus gauges, read live at scrape time.
+
+Per room (label `room`) for a trusted (loopback) scrape; otherwise one unlabelled gauge per metric, the
+mean over live rooms, so that room ids (which admit spectators) are not listed to anyone who asks.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,38 @@ from worldlab.engine.metrics import METRICS
 
 
 class HubCollector:
-    def __init__(self, hub):
+    def __init__(self, hub, per_room: bool = True):
         self.hub = hub
+        self.per_room = per_room
 
     def collect(self):
-        families = {m: GaugeMetricFamily(f"worldlab_{m}", f"worldlab {m} (p50 over the last 5 s where timed)",
-                                         labels=["room"]) for m in METRICS}
+        how = "p50 over the last 5 s where timed"
+        if not self.per_room:
+            how += "; mean over live rooms"
+        families = {m: GaugeMetricFamily(f"worldlab_{m}", f"worldlab {m} ({how})",
+                                         labels=["room"] if self.per_room else []) for m in METRICS}
         rooms = GaugeMetricFamily("worldlab_rooms", "live rooms")
         rooms.add_metric([], len(self.hub.rooms))
+        values: dict[str, list[float]] = {m: [] for m in METRICS}
         for room in list(self.hub.rooms.values()):
             st = self.hub.stats(room)
             for m in METRICS:
                 if st.get(m) is not None:
-                    families[m].add_metric([room.id], float(st[m]))
+                    if self.per_room:
+                        families[m].add_metric([room.id], float(st[m]))
+                    else:
+                        values[m].append(float(st[m]))
+        if not self.per_room:
+            for m, vs in values.items():
+                if vs:
+                    families[m].add_metric([], sum(vs) / len(vs))
         yield rooms
         yield from families.values()
 
 
-def registry_for(hub) -> CollectorRegistry:
+def registry_for(hub, per_room: bool = True) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(HubCollector(hub))
+    reg.register(HubCollector(hub, per_room=per_room))
     return reg
 
 

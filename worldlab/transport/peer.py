@@ -2,22 +2,33 @@
 
 `PeerHub.offer(...)` turns an SDP offer into an answer; the aiohttp server and the JupyterLab widget both
 call it (the widget carries the SDP over its comm instead of HTTP).
+
+Guards (numbers in worldlab.config.SessionConfig): at most `max_sessions` rooms and `max_viewers_per_room`
+spectators (503 server_full / room_full); a peer that is not connected `connect_timeout_s` after its answer
+is dropped, and a player's room with it; the data channel advertises `sctp_max_message_bytes` and a peer
+that sends more in one message is disconnected before aiortc reassembles it; with `ice_host`, WebRTC's UDP
+sockets bind that address only (aiortc has no option for it: see `_ice_host_addresses`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import ipaddress
 import logging
 import re
+import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from worldlab import env
+from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.model import start_session
 from worldlab.transport import protocol
@@ -54,16 +65,127 @@ class Room:
     bad_reads: int = 0
 
 
+# -- ICE bind address --------------------------------------------------------------------------------
+# aiortc (1.16) has no setting for the address its ICE (UDP) sockets bind: aioice.Connection.gather_candidates
+# binds one socket per address from the module function aioice.ice.get_host_addresses (every interface but
+# 127.0.0.1). We wrap that function once; inside PeerHub._answer a context variable names the one address to
+# use (asyncio tasks inherit it), so other RTCPeerConnections in the process are unaffected.
+_ICE_HOST: contextvars.ContextVar[str | None] = contextvars.ContextVar("worldlab_ice_host", default=None)
+
+
+def _install_ice_host_hook() -> bool:
+    try:
+        import aioice.ice as aioice_ice
+
+        orig = aioice_ice.get_host_addresses
+    except (ImportError, AttributeError):  # aioice changed: fall back to every interface (and say so)
+        log.warning("cannot restrict WebRTC ICE sockets to one address with this aioice; they bind every interface")
+        return False
+    if getattr(orig, "_worldlab_hook", False):
+        return True
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        host = _ICE_HOST.get()
+        return [host] if host is not None else orig(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+
+    get_host_addresses._worldlab_hook = True
+    aioice_ice.get_host_addresses = get_host_addresses
+    return True
+
+
+def ice_bind_address(host: str | None) -> str | None:
+    """The address WebRTC should bind for an HTTP `host`: None (every interface) for a wildcard."""
+    if host in (None, "", "0.0.0.0", "::", "*"):
+        return None
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+    except OSError as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+
+
+# -- data-channel size cap -------------------------------------------------------------------------------
+_MAX_MSG_SDP = re.compile(r"^a=max-message-size:\d+", re.MULTILINE)
+
+
+def _cap_sctp_messages(pc, limit: int, on_violation) -> bool:
+    """Disconnect a peer whose data-channel message grows past `limit` bytes while being reassembled.
+
+    aiortc reassembles any message before handing it over (an 8 MB one was accepted, then refused by
+    protocol.parse). It has no option for this, so we wrap the SCTP transport's DATA chunk handler on this
+    connection: after each chunk we measure the partial message that chunk belongs to (its run of
+    consecutive TSNs) and, past the limit, drop the stream's fragments, ignore the peer's further chunks and
+    call `on_violation` (which closes the connection). Complete messages up to the limit still reach
+    protocol.parse, which answers `too_large` above MAX_MESSAGE_BYTES. Returns False if the hook could not be
+    installed (aiortc internals changed), in which case only the advertised size protects us."""
+    try:
+        from aiortc import rtcsctptransport as sctp_mod
+
+        first, last = sctp_mod.SCTP_DATA_FIRST_FRAG, sctp_mod.SCTP_DATA_LAST_FRAG
+        sctp = pc.sctp
+        orig = sctp._receive_data_chunk
+        streams = sctp._inbound_streams
+    except AttributeError:
+        log.warning("cannot cap data-channel message size with this aiortc; relying on max-message-size")
+        return False
+    mask = 0xFFFFFFFF
+    violated = False
+
+    def partial_size(chunks, tsn) -> int:
+        idx = next((i for i, c in enumerate(chunks) if c.tsn == tsn), None)
+        if idx is None:
+            return 0  # the chunk completed (or was part of) a message already delivered
+        size, i = len(chunks[idx].user_data), idx
+        while not chunks[i].flags & first and i > 0 and chunks[i - 1].tsn == (chunks[i].tsn - 1) & mask:
+            i -= 1
+            size += len(chunks[i].user_data)
+        j = idx
+        while not chunks[j].flags & last and j + 1 < len(chunks) and chunks[j + 1].tsn == (chunks[j].tsn + 1) & mask:
+            j += 1
+            size += len(chunks[j].user_data)
+        return size
+
+    async def guarded(chunk) -> None:
+        nonlocal violated
+        if violated:
+            return
+        await orig(chunk)
+        stream = streams.get(chunk.stream_id)
+        if stream is not None and stream.reassembly and partial_size(stream.reassembly, chunk.tsn) > limit:
+            violated = True
+            stream.reassembly.clear()
+            on_violation()
+
+    sctp._receive_data_chunk = guarded
+    return True
+
+
 class PeerHub:
     def __init__(self, model, scheduler: Scheduler, *, codec: str = "vp8", fps: float = 30.0,
-                 keyframe_interval_s: float = 0.75, seed: int = 0, stats_interval_s: float = 1.0):
+                 keyframe_interval_s: float = 0.75, seed: int = 0, stats_interval_s: float = 1.0,
+                 config: SessionConfig | None = None, ice_host: str | None = None):
+        """config: limits and timeouts (SessionConfig); ice_host: bind WebRTC's UDP sockets to this address
+        only (the HTTP host; None or a wildcard = every interface, aioice's default)."""
         if codec not in MIME:
             raise ValueError(f"codec must be one of {tuple(MIME)}, got {codec!r}")
+        self.cfg = config or SessionConfig()
+        lo, hi = self.cfg.fps_range
+        if not lo <= fps <= hi:
+            raise ValueError(f"fps must be in [{lo:g}, {hi:g}], got {fps:g}")
         self.model, self.scheduler = model, scheduler
         self.codec, self.fps, self.kf = codec, fps, keyframe_interval_s
         self.seed = seed
         self.stats_interval = stats_interval_s
+        self.ice_host = ice_bind_address(ice_host)
+        if self.ice_host is not None and not _install_ice_host_hook():
+            self.ice_host = None
         self.rooms: dict[str, Room] = {}
+        self._creating: set[str] = set()  # room ids reserved by create_room while their session starts
         self.pcs: set[RTCPeerConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
@@ -78,8 +200,6 @@ class PeerHub:
             if room not in self.rooms:
                 raise OfferError(404, "unknown_room", f"no live room {room!r}")
             return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
-        if room is not None and room in self.rooms:
-            raise OfferError(409, "room_taken", f"room {room!r} already has a player")
         r = await self.create_room(prompt, room=room, quality=quality)
         try:
             return await self._answer(r, sdp, kind, viewer=False)
@@ -89,11 +209,26 @@ class PeerHub:
 
     async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
                           persistent: bool = False) -> Room:
-        """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs)."""
+        """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs).
+
+        Without `room`, the id is random and unguessable. Raises OfferError 409 room_taken for a live (or
+        starting) room id and 503 server_full at `max_sessions` rooms."""
         prompt = prompt or "a walk in the forest"
         env.check_prompt(prompt)
-        loop = asyncio.get_running_loop()
-        state = await loop.run_in_executor(None, start_session, self.model, prompt, self.seed)
+        if room is not None and (room in self.rooms or room in self._creating):
+            raise OfferError(409, "room_taken", f"room {room!r} already has a player")
+        if len(self.rooms) + len(self._creating) >= self.cfg.max_sessions:
+            raise OfferError(503, "server_full", f"the server is full ({self.cfg.max_sessions} live sessions); "
+                                                 "try again later")
+        room = room or secrets.token_urlsafe(self.cfg.room_id_bytes)
+        self._creating.add(room)  # reserve the id and a session slot before the first await
+        try:
+            loop = asyncio.get_running_loop()
+            state = await loop.run_in_executor(None, start_session, self.model, prompt, self.seed)
+        finally:
+            self._creating.discard(room)
+        if self.closed:
+            raise OfferError(503, "shutting_down", "the server is shutting down")
         session = Session(state, prompt, fps_target=self.fps, room=room)
         r = Room(session.room, session, None, MediaRelay(), quality=quality, model=self.model,
                  scheduler=self.scheduler, persistent=persistent)
@@ -129,7 +264,11 @@ class PeerHub:
         scheduler.add(s)
 
     async def _answer(self, room: Room, sdp: str, kind: str, *, viewer: bool) -> dict:
-        pc = RTCPeerConnection()
+        if viewer and room.viewers >= self.cfg.max_viewers_per_room:
+            raise OfferError(503, "room_full", f"room {room.id!r} has its maximum of "
+                                               f"{self.cfg.max_viewers_per_room} spectators; try again later")
+        # Bound to one address: no STUN either (a loopback socket cannot reach a STUN server anyway).
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]) if self.ice_host is not None else None)
         self.pcs.add(pc)
         room.pcs.add(pc)
         transceiver = pc.addTransceiver(room.relay.subscribe(room.track, buffered=False), direction="sendonly")
@@ -151,24 +290,59 @@ class PeerHub:
             if pc.connectionState in ("failed", "closed"):
                 await self._drop_pc(room, pc, viewer)
 
+        if viewer:
+            room.viewers += 1  # counted before the first await: concurrent offers cannot overshoot the limit
+        token = _ICE_HOST.set(self.ice_host)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            if pc.sctp is not None:
+                _cap_sctp_messages(pc, self.cfg.sctp_max_message_bytes,
+                                   lambda: self._refuse_oversized(room, pc, viewer))
             await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as exc:
+        except Exception as exc:  # aiortc raises many kinds on a malformed SDP; none of its text goes out
+            log.info("offer for room %s refused: %s: %s", room.id, type(exc).__name__, exc)
             await self._drop_pc(room, pc, viewer)
-            raise OfferError(400, "bad_sdp", f"could not negotiate the offer: {exc}") from None
+            raise OfferError(400, "bad_sdp", "could not negotiate the offer: malformed or unsupported SDP") from None
+        finally:
+            _ICE_HOST.reset(token)
         if viewer:
-            room.viewers += 1
             room.track.request_keyframe()  # a new viewer must not wait for the next GOP
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
+        self._spawn(self._connect_deadline(room, pc, viewer))
+        answer_sdp = _MAX_MSG_SDP.sub(f"a=max-message-size:{self.cfg.sctp_max_message_bytes}",
+                                      pc.localDescription.sdp)
+        return {"sdp": answer_sdp, "type": pc.localDescription.type,
                 "session": room.session.id, "room": room.id, "role": "viewer" if viewer else "player"}
+
+    async def _connect_deadline(self, room: Room, pc, viewer: bool) -> None:
+        """Drop a peer that is not connected `connect_timeout_s` after its answer (no ICE candidates, killed
+        after the answer, DTLS never finished); a player's room ends with it and frees its id."""
+        await asyncio.sleep(self.cfg.connect_timeout_s)
+        if pc in room.pcs and pc.connectionState != "connected":
+            log.info("peer in room %s not connected after %.1f s (state %s): dropped", room.id,
+                     self.cfg.connect_timeout_s, pc.connectionState)
+            await self._drop_pc(room, pc, viewer)
+
+    def _refuse_oversized(self, room: Room, pc, viewer: bool) -> None:
+        log.warning("peer in room %s sent a data-channel message over %d bytes: disconnected", room.id,
+                    self.cfg.sctp_max_message_bytes)
+        self._spawn(self._drop_pc(room, pc, viewer))
 
     # -- ctl channel ---------------------------------------------------------------------------
     def _on_ctl(self, room: Room, channel, raw, viewer: bool) -> None:
+        # Runs inside aiortc's SCTP receive loop: nothing may escape from here, or the peer stops streaming.
         try:
-            msg = protocol.parse(raw)
-            if viewer and msg.type in ("action", "prompt"):
-                raise protocol.ProtocolError("forbidden", "spectators cannot steer the world")
+            self._handle_ctl(room, channel, raw, viewer)
+        except Exception:
+            log.exception("ctl message in room %s failed", room.id)
+            try:
+                self._send(channel, protocol.encode("error", code="internal",
+                                                    message="the message could not be handled"))
+            except Exception:
+                pass
+
+    def _handle_ctl(self, room: Room, channel, raw, viewer: bool) -> None:
+        try:
+            msg = protocol.parse(raw, viewer=viewer)
         except protocol.ProtocolError as exc:
             self._send(channel, protocol.encode("error", code=exc.code, message=str(exc)))
             return
@@ -238,13 +412,24 @@ class PeerHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @staticmethod
+    async def _close_pc(pc) -> None:
+        try:
+            await pc.close()
+        except Exception as exc:  # a half-negotiated pc (e.g. a mutated SDP) can fail to close cleanly
+            log.debug("closing a peer connection failed: %s: %s", type(exc).__name__, exc)
+
     async def _drop_pc(self, room: Room, pc, viewer: bool) -> None:
         if pc in room.pcs:
             room.pcs.discard(pc)
             self.pcs.discard(pc)
             if viewer:
                 room.viewers = max(0, room.viewers - 1)
-            await pc.close()
+            sctp = pc.sctp
+            for ch in [c for c in room.channels if sctp is not None and getattr(c, "transport", None) is sctp]:
+                room.channels.discard(ch)  # a churned spectator must not leave its channel behind
+                room.player_channels.discard(ch)
+            await self._close_pc(pc)
         if not viewer and room.id in self.rooms:
             if not room.persistent:
                 await self._close_room(room)
@@ -258,14 +443,14 @@ class PeerHub:
         for pc in list(room.pcs):
             room.pcs.discard(pc)
             self.pcs.discard(pc)
-            await pc.close()
+            await self._close_pc(pc)
 
     async def close(self) -> None:
         self.closed = True
         for room in list(self.rooms.values()):
             await self._close_room(room)
         for pc in list(self.pcs):
-            await pc.close()
+            await self._close_pc(pc)
         self.pcs.clear()
         for t in list(self._tasks):
             t.cancel()

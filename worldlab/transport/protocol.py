@@ -6,13 +6,17 @@ A bad message raises ProtocolError(code, message); the peer replies with an `err
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from worldlab import env
+from worldlab.config import SessionConfig
 
 VERSION = 1
-MAX_MESSAGE_BYTES = 4096
+MAX_MESSAGE_BYTES = SessionConfig.max_message_bytes
+MAX_JSON_DEPTH = SessionConfig.max_json_depth
 CLIENT_TYPES = ("action", "prompt", "ping", "quality")
+VIEWER_TYPES = ("ping",)  # a spectator may measure its RTT; it cannot steer the world or change the stream
 QUALITY = ("auto", "low", "high")
 
 
@@ -29,14 +33,59 @@ class Message:
     body: dict
 
 
-def parse(raw) -> Message:
-    """Validate one client message (str or bytes) -> Message, or raise ProtocolError."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+# A JSON string (terminated or not: an unterminated one runs to the end, which keeps the scan linear) or
+# a bracket. In valid JSON every quote outside a string opens one, so brackets in strings are skipped.
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+
+
+class JSONTooDeep(ValueError):
+    pass
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in JSON text, ignoring brackets inside strings (no recursion)."""
+    depth = deepest = 0
+    for m in _JSON_TOKENS.finditer(text):
+        tok = m.group()
+        if tok == "[" or tok == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif tok == "]" or tok == "}":
+            depth -= 1
+    return deepest
+
+
+def loads(raw, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads that raises nothing but ValueError: bad UTF-8, bad JSON, and nesting deeper than
+    `max_depth` (JSONTooDeep, checked before parsing, so a "[[[[..." bomb never reaches the recursive
+    decoder; RecursionError or any other decoder failure is turned into ValueError as well)."""
+    try:
+        text = bytes(raw).decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+        if not isinstance(text, str):
+            raise ValueError(f"expected JSON text, got {type(raw).__name__}")
+        if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+            raise JSONTooDeep(f"JSON nests deeper than {max_depth} levels")
+        return json.loads(text)
+    except ValueError:
+        raise
+    except Exception as exc:  # RecursionError, MemoryError, ...: still just bad input
+        raise ValueError(f"JSON could not be decoded ({type(exc).__name__})") from None
+
+
+def parse(raw, *, viewer: bool = False) -> Message:
+    """Validate one client message (str or bytes) -> Message, or raise ProtocolError (never anything else).
+
+    viewer=True: the sender is a spectator; anything but VIEWER_TYPES is refused with `forbidden`."""
+    if not isinstance(raw, (str, bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_message", f"message must be text or bytes, got {type(raw).__name__}")
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
-        msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        msg = loads(raw)
+    except JSONTooDeep as exc:
+        raise ProtocolError("bad_json", f"message is not accepted: {exc}") from None
+    except ValueError:
         raise ProtocolError("bad_json", "message is not valid JSON") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", "message must be a JSON object")
@@ -47,6 +96,9 @@ def parse(raw) -> Message:
         raise ProtocolError("bad_field", f"field 'seq' must be a non-negative integer, got {seq!r}")
     if kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected one of {CLIENT_TYPES}")
+    if viewer and kind not in VIEWER_TYPES:
+        raise ProtocolError("forbidden", f"spectators cannot send {kind!r}: they cannot steer the world "
+                                         "or change its stream")
     return Message(kind, seq, _check_body(kind, msg))
 
 
