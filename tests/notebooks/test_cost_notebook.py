@@ -60,15 +60,3 @@ def test_cost_notebook_measures_when_given_no_file(tmp_path):
     per_session = ds["total_usd"].sel(preset="high").values
     assert per_session[0] > per_session[-1] > 0  # sessions share GPUs
     assert ds.attrs["relay_pct"] == 10.0 and (ds["relay_usd"] > 0).all()
-
-
-def test_tracked_notebook_has_parameters_and_no_outputs():
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    for name in ("gpu_usd_per_hour", "egress_usd_per_gb", "utilization", "relay_pct", "measured", "out"):
-        assert f"{name} = " in params[0].source
-    assert "EXAMPLE" in params[0].source  # prices are labelled as examples, not facts
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")

@@ -40,14 +40,3 @@ def test_latency_notebook_writes_a_live_session(tmp_path):
     plot_cell = next(c for c in nb.cells if c.cell_type == "code" and "latency_plots(ds)" == c.source.strip())
     assert any("application/vnd.holoviews_load.v0+json" in o.get("data", {}) or "text/html" in o.get("data", {})
                for o in plot_cell.outputs)
-
-
-def test_tracked_notebook_has_parameters_and_no_outputs():
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    for name in ("model_name", "seconds", "weights", "window", "kv", "out"):
-        assert f"{name} = " in params[0].source
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
