@@ -3,8 +3,11 @@ hot-switches and closes without leaving threads or peers behind; on the oracle a
 (the micro checkpoint this session trains)."""
 
 import threading
+import time
 
 import numpy as np
+import pytest
+import traitlets
 
 from worldlab import env
 from worldlab.engine.oracle import EnvOracle
@@ -26,6 +29,15 @@ def test_headless_player_records_and_closes_cleanly():
         frame = p.snapshot()
         assert frame.shape == (64, 64, 3)
         assert np.abs(frame[1, 1].astype(int) - env.background("snow")[0, 0]).max() == 0
+        p.prompt = "a walk at night"  # the Python API switches the prompt like the page's prompt box
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not (p.snapshot()[1, 1] == env.background("night")[0, 0]).all():
+            time.sleep(0.05)
+        assert (p.snapshot()[1, 1] == env.background("night")[0, 0]).all()
+        assert p.room.session.prompt == "a walk at night"
+        with pytest.raises(traitlets.TraitError, match="empty"):
+            p.prompt = "   "
+        assert p.prompt == "a walk at night"
         st = p.stats
         assert st["fps_target"] == 30 and st["frontend"] == "none attached" and st["g2g_ms"] is None
     finally:

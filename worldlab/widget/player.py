@@ -19,6 +19,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from worldlab import env
 from worldlab.config import TOGGLE_CHOICES, Toggles
 from worldlab.engine import Scheduler
 from worldlab.engine.metrics import METRICS
@@ -124,9 +125,22 @@ class Player(anywidget.AnyWidget):
         self._close_timer = None
         self.on_msg(self._on_msg)
         self.observe(self._on_toggle, names=["weights", "window", "kv"])
+        self.observe(self._on_prompt, names=["prompt"])
         self.status = "live"
         _live.add(self)
         self._watchdog = self.media.run(self._watch_views())
+
+    @traitlets.validate("prompt")
+    def _valid_prompt(self, proposal) -> str:
+        try:
+            return env.check_prompt(proposal["value"])
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
+
+    def _on_prompt(self, change) -> None:
+        """`player.prompt = "..."` switches the prompt as the page's prompt box does (KV re-cache)."""
+        s = self.room.session
+        s.set_prompt(change["new"], s._seq + 1)
 
     def _players_gone(self) -> None:
         """Every WebRTC view's peer connection is gone (closed tab: ICE consent expired)."""

@@ -91,6 +91,7 @@ function render({ model, el }) {
     const text = $(".wl-prompt").value;
     fallback ? model.send({ type: "ctl", msg: { type: "prompt", text } }) : player.sendPrompt(text);
   });
+  model.on("change:prompt", () => { $(".wl-prompt").value = model.get("prompt"); });  // player.prompt = ...
   el.querySelectorAll("select[data-trait]").forEach((s) => s.addEventListener("change", () => {
     model.set(s.dataset.trait, s.value);
     model.save_changes();
