@@ -9,7 +9,7 @@ import re
 import threading
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler
