@@ -167,8 +167,7 @@ def cost_table(presets: dict, concurrency, *, fps: float, utilization: float, pr
 def cost_plots(ds: xr.Dataset):
     """Cost per session-hour against concurrency, one curve per quality preset, and its breakdown by term."""
     import holoviews as hv
-
-    hv.extension("bokeh", logo=False)
+    import holoviews.plotting.bokeh  # noqa: F401  (registers the backend; notebooks load the extension)
     curves = functools.reduce(operator.mul, [
         hv.Curve((ds["concurrency"].values, ds["total_usd"].sel(preset=p).values), "concurrency",
                  hv.Dimension("usd", label="USD per session-hour"), label=str(p)).opts(tools=["hover"])

@@ -17,6 +17,7 @@ import xarray as xr
 
 from worldlab.config import SessionConfig, Toggles
 from worldlab.experiments.provenance import now, provenance
+from worldlab.transport.protocol import QUALITY
 
 MODELS = ("tiny", "oracle")
 # The seed's budget in pipeline order: input capture, frame generation (queue_ms + model_ms share it), encode,
@@ -101,8 +102,8 @@ def _check_args(model_name, seconds, toggles, quality, warmup_s) -> None:
         raise ValueError(f"toggles must be a worldlab.config.Toggles, got {type(toggles).__name__}")
     if model_name == "oracle" and toggles != Toggles():
         raise ValueError("the toggles apply to the tiny model; the oracle has no weights, window or KV cache")
-    if quality not in ("auto", "low", "high"):
-        raise ValueError(f"quality must be 'auto', 'low' or 'high', got {quality!r}")
+    if quality not in QUALITY:
+        raise ValueError(f"quality must be one of {QUALITY}, got {quality!r}")
     if not 0 <= warmup_s <= 10:
         raise ValueError(f"warmup_s must be in [0, 10], got {warmup_s!r}")
 
@@ -434,8 +435,7 @@ def budget_table(ds: xr.Dataset) -> list[tuple[str, str, float]]:
 def latency_plots(ds: xr.Dataset):
     """A stacked bar of the measured stages beside the seed's budget, and fps_actual vs fps_target."""
     import holoviews as hv
-
-    hv.extension("bokeh", logo=False)
+    import holoviews.plotting.bokeh  # noqa: F401  (registers the backend; notebooks load the extension)
     order = ["measured p50", "measured p95", "budget low", "budget high", "g2g p50", "g2g p95"]
     rows = sorted(budget_table(ds), key=lambda r: order.index(r[0]))
     tallest = max(sum(ms for b, _s, ms in rows if b == bar) for bar in order)
