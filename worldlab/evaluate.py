@@ -48,13 +48,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return _db(mse(a, b))
 
 
+def capped_psnr(mse):
+    """PSNR of each MSE (array or DataArray), exact ones (MSE 0) at PSNR_CAP so the result stays finite."""
+    with np.errstate(divide="ignore"):
+        return np.minimum(10 * np.log10(PEAK**2 / mse), PSNR_CAP)
+
+
 def pooled_psnr(mses) -> float:
     """PSNR of the mean MSE over everything given. Exact (mean 0) -> PSNR_CAP; never above it, so a
     near-exact result cannot out-score an exact one."""
     m = np.asarray(mses, dtype=np.float64)
     if m.size == 0:
         raise ValueError("pooled_psnr needs at least one MSE")
-    return min(PSNR_CAP, _db(float(m.mean())))
+    return float(capped_psnr(m.mean()))
 
 
 def _gauss(size=11, sigma=1.5) -> torch.Tensor:

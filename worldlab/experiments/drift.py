@@ -12,9 +12,8 @@ import xarray as xr
 
 from worldlab import env
 from worldlab.config import TOGGLE_CHOICES, Toggles
-from worldlab.evaluate import (PSNR_CAP, agent_error, check_request, mse, pooled_psnr, rollout_frames,
+from worldlab.evaluate import (PSNR_CAP, agent_error, capped_psnr, check_request, mse, pooled_psnr, rollout_frames,
                                theme_for_seed)
-from worldlab.experiments.measure import frame_psnr
 from worldlab.experiments.provenance import now, provenance
 
 ANCHORS = ("sink", "none")
@@ -133,7 +132,7 @@ def _dataset(grid: dict, seeds: list, steps: int, runs: dict) -> xr.Dataset:
         return arr.reshape(*shape, len(seeds), *np.shape(first))
 
     data = {k: ((*lead, "step"), stack(k)) for k in ("mse", "agent_err_px", "palette_tv", "off_palette", "model_ms")}
-    data["psnr"] = ((*lead, "step"), frame_psnr(stack("mse")))
+    data["psnr"] = ((*lead, "step"), capped_psnr(stack("mse")))
     for k in ("mean_rgb_model", "mean_rgb_truth"):
         data[k] = ((*lead, "step", "channel"), stack(k))
     data["kv_bytes"] = (lead, stack("kv_bytes"))
@@ -217,9 +216,7 @@ def config_points(ds: xr.Dataset) -> list[tuple[dict, str]]:
 
 def smoothed_psnr(mse: xr.DataArray, smooth: int) -> xr.DataArray:
     """PSNR of the MSE pooled over seeds and a trailing window of `smooth` steps, capped."""
-    m = mse.mean("seed").rolling(step=smooth, min_periods=1).mean()
-    with np.errstate(divide="ignore"):
-        return np.minimum(10 * np.log10(255.0**2 / m), PSNR_CAP)
+    return capped_psnr(mse.mean("seed").rolling(step=smooth, min_periods=1).mean())
 
 
 def _overlay(ds, series, ylabel: str, title: str, logx: bool, ylim=(None, None)):

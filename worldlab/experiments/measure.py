@@ -13,7 +13,7 @@ import psutil
 import xarray as xr
 
 from worldlab.config import SessionConfig, Toggles
-from worldlab.evaluate import PSNR_CAP, evaluate_runs
+from worldlab.evaluate import PSNR_CAP, capped_psnr, evaluate_runs
 from worldlab.experiments.provenance import now, provenance
 from worldlab.transport.encoder import RoomEncoder
 from worldlab.transport.track import RUNGS
@@ -39,13 +39,6 @@ def encode_cost(frames: np.ndarray, rung: str = ENCODE_RUNG, cfg: SessionConfig 
     return np.array(ms), np.array(sizes)
 
 
-def frame_psnr(mse: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR, with exact frames (MSE 0) at PSNR_CAP so the array stays finite."""
-    with np.errstate(divide="ignore"):
-        db = 10 * np.log10(255.0**2 / mse)
-    return np.minimum(db, PSNR_CAP)
-
-
 def measure_toggles(toggles: Toggles, seeds, steps: int, *, checkpoint=None, model=None, encode: bool = True,
                     fps_target: float = SessionConfig.fps_target) -> xr.Dataset:
     """Load (or take) the model under `toggles`, roll out every seed, and return the Dataset."""
@@ -67,7 +60,7 @@ def eval_dataset(res: dict, runs: list[dict], toggles: Toggles, model, *, checkp
     per = {k: np.array([r[src] for r in runs], dtype=np.float64)
            for k, src in (("mse", "mse"), ("ssim", "ssim"), ("agent_err_px", "agent_err"), ("model_ms", "ms"))}
     data = {k: (("seed", "step"), v) for k, v in per.items()}
-    data["psnr"] = (("seed", "step"), frame_psnr(per["mse"]))
+    data["psnr"] = (("seed", "step"), capped_psnr(per["mse"]))
     if encode:
         cost = [encode_cost(r["frames"]) for r in runs]
         data["encode_ms"] = (("seed", "step"), np.array([c[0] for c in cost]))

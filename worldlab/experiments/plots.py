@@ -12,7 +12,7 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend the 
 import numpy as np
 import pandas as pd
 
-from worldlab.evaluate import PSNR_CAP
+from worldlab.evaluate import PSNR_CAP, capped_psnr
 
 RUN_DIMS = ("seed", "step")  # a run's own dims; every other dim of a result is a grid dim
 TOGGLE_NAMES = ("weights", "window", "kv")
@@ -104,9 +104,7 @@ def pooled_psnr_per_step(point_ds):
     let one exact seed hide another's error); the per-frame PSNR's seed mean if there is no MSE."""
     if "mse" not in point_ds:
         return point_ds["psnr"].mean("seed")
-    mse = point_ds["mse"].mean("seed", skipna=True)
-    with np.errstate(divide="ignore"):
-        return np.minimum(10 * np.log10(255.0**2 / mse), PSNR_CAP)
+    return capped_psnr(point_ds["mse"].mean("seed", skipna=True))
 
 
 def psnr_vs_step(ds) -> hv.Overlay:
