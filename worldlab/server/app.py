@@ -27,7 +27,6 @@ from worldlab.transport.peer import ROOM_RE, OfferError, PeerHub
 
 log = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).resolve().parents[1] / "static"
-MAX_OFFER_BYTES = SessionConfig.max_offer_bytes
 SERVER_NAME = "worldlab"  # the Server header: no software versions
 HUB, SCHED = web.AppKey("hub", PeerHub), web.AppKey("scheduler", Scheduler)
 REGISTRY, PUBLIC_REGISTRY = web.AppKey("registry", object), web.AppKey("public_registry", object)
