@@ -98,6 +98,51 @@ def test_spectators_may_only_ping(raw, code):
     assert protocol.parse(msg(type="ping", t=1), viewer=True).type == "ping"
 
 
+REPORT = {"fps_actual": 29.9, "g2g_ms": 61.5, "g2g_ms_p95": 80, "rtt_ms": 1.2, "capture_ms": 0.4,
+          "decode_ms": 2.0, "interval_ms_p95": 33.4, "frames": 300, "new_frames": 290, "dropped_frames": 0,
+          "first_frame_ms": 412.0}
+
+
+def test_report_parses_every_field_and_nulls():
+    assert set(REPORT) == set(protocol.REPORT_FIELDS)
+    m = protocol.parse(msg(type="report", **REPORT))
+    assert (m.type, m.seq) == ("report", 7)
+    assert m.body == {k: float(v) for k, v in REPORT.items()}
+    assert protocol.parse(msg(type="report", g2g_ms=None, frames=0)).body == {"g2g_ms": None, "frames": 0.0}
+    assert protocol.parse(msg(type="report")).body == {}  # every field is optional
+
+
+@pytest.mark.parametrize("fields", [
+    {"g2g_ms": -1}, {"rtt_ms": -0.001}, {"fps_actual": "30"}, {"frames": True}, {"decode_ms": [1]},
+    {"decode_ms": {"p50": 1}}, {"g2g_ms": 10, "wat": 1}, {"fps_target": 30}, {"server": {}},
+    {"frames": int("9" * 400)},  # overflows a float
+])
+def test_bad_reports_are_refused(fields):
+    assert code_of(msg(type="report", **fields)) == "bad_field"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_report_refuses_non_finite_numbers(literal):
+    raw = '{"v":1,"seq":1,"type":"report","g2g_ms":%s}' % literal
+    with pytest.raises(ProtocolError, match="g2g_ms") as info:
+        protocol.parse(raw)
+    assert info.value.code == "bad_field"
+
+
+def test_report_names_the_unknown_field():
+    with pytest.raises(ProtocolError, match="'width'"):
+        protocol.parse(msg(type="report", g2g_ms=1, width=256))
+
+
+def test_spectators_may_report():
+    assert protocol.parse(msg(type="report", **REPORT), viewer=True).body["g2g_ms"] == 61.5
+    assert code_of(msg(type="report", g2g_ms=-5), viewer=True) == "bad_field"
+
+
+def test_huge_integer_timestamp_is_bad_field():
+    assert code_of(msg(type="ping", t=int("9" * 400))) == "bad_field"
+
+
 def test_limits_come_from_the_session_config():
     assert protocol.MAX_MESSAGE_BYTES == SessionConfig.max_message_bytes
     assert protocol.MAX_JSON_DEPTH == SessionConfig.max_json_depth

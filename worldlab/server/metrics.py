@@ -2,6 +2,10 @@
 
 Per room (label `room`) for a trusted (loopback) scrape; otherwise one unlabelled gauge per metric, the
 mean over live rooms, so that room ids (which admit spectators) are not listed to anyone who asks.
+
+The page-side stages (PAGE_METRICS) are measured by the player's page, not the server: they come from its
+latest `report` on the ctl channel (PeerHub.frontend_stats; p50 over the page's recent samples) and are
+absent for a room whose player page has not reported in the last 3 s.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from worldlab.engine.metrics import METRICS
 
+PAGE_METRICS = ("capture_ms", "rtt_ms", "decode_ms", "g2g_ms")
+
 
 class HubCollector:
     def __init__(self, hub, per_room: bool = True):
@@ -18,16 +24,18 @@ class HubCollector:
         self.per_room = per_room
 
     def collect(self):
-        how = "p50 over the last 5 s where timed"
-        if not self.per_room:
-            how += "; mean over live rooms"
-        families = {m: GaugeMetricFamily(f"worldlab_{m}", f"worldlab {m} ({how})",
+        mean = "" if self.per_room else "; mean over live rooms"
+        how = {m: ("the player page's report: p50 over its recent samples" if m in PAGE_METRICS
+                   else "p50 over the last 5 s where timed") + mean for m in METRICS}
+        families = {m: GaugeMetricFamily(f"worldlab_{m}", f"worldlab {m} ({how[m]})",
                                          labels=["room"] if self.per_room else []) for m in METRICS}
         rooms = GaugeMetricFamily("worldlab_rooms", "live rooms")
         rooms.add_metric([], len(self.hub.rooms))
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         for room in list(self.hub.rooms.values()):
             st = self.hub.stats(room)
+            page = self.hub.frontend_stats(room) or {}
+            st.update({m: page[m] for m in PAGE_METRICS if st.get(m) is None and page.get(m) is not None})
             for m in METRICS:
                 if st.get(m) is not None:
                     if self.per_room:

@@ -143,12 +143,22 @@ export class Player {
     document.addEventListener("visibilitychange", this._onVisibility);
     this._watchFrames();
     this._pingTimer = setInterval(() => this.send({ type: "ping", t: performance.now() }), 500);
+    // What this page measured, for the server (protocol.REPORT_FIELDS: it refuses any other field, and
+    // anything but a finite number >= 0 or null).
+    const reported = ["fps_actual", "g2g_ms", "g2g_ms_p95", "rtt_ms", "capture_ms", "decode_ms",
+      "interval_ms_p95", "frames", "new_frames", "dropped_frames", "first_frame_ms"];
+    this._reportTimer = setInterval(() => {
+      const st = this.stats();
+      const ok = (v) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : null);
+      this.send({ type: "report", ...Object.fromEntries(reported.map((k) => [k, ok(st[k])])) });
+    }, 1000);
     this._drawTimer = setInterval(() => this.draw(), 250);
     return answer;
   }
 
   close(final = true) {
     clearInterval(this._pingTimer);
+    clearInterval(this._reportTimer);
     clearInterval(this._drawTimer);
     this.keyTarget.removeEventListener("keydown", this._onKey);
     this.keyTarget.removeEventListener("keyup", this._onKey);

@@ -55,6 +55,7 @@ class Room:
     pcs: set = field(default_factory=set)
     channels: set = field(default_factory=set)  # player + viewer ctl channels
     player_channels: set = field(default_factory=set)
+    reports: dict = field(default_factory=dict)  # ctl channel -> (time.monotonic(), its page's last `report`)
     viewers: int = 0
     model: object = None  # the WorldModel (variant) this room's session runs on
     scheduler: object = None
@@ -357,6 +358,8 @@ class PeerHub:
             room.quality = msg.body["preset"]
             if room.quality != "auto":
                 room.track.set_rung(room.quality)
+        elif msg.type == "report" and channel in room.channels:  # not one racing _drop_pc: it would stay
+            room.reports[channel] = (time.monotonic(), msg.body)
 
     def _on_frame(self, room: Room, frame_id: int, pts: int) -> None:
         for seq, fid in room.session.pop_acks():
@@ -372,6 +375,19 @@ class PeerHub:
             channel.send(text)
 
     # -- stats and adaptive quality --------------------------------------------------------------
+    def frontend_stats(self, room: Room, max_age_s: float = 3.0) -> dict | None:
+        """What a player's page measured: the freshest `report` from the room's player channels that is at
+        most `max_age_s` old, as every protocol.REPORT_FIELDS key (None where the page had no figure) plus
+        `age_s`; None if there is none. Spectators' reports are kept but never returned here."""
+        now, best = time.monotonic(), None
+        for ch in list(room.player_channels):
+            got = room.reports.get(ch)
+            if got is not None and now - got[0] <= max_age_s and (best is None or got[0] > best[0]):
+                best = got
+        if best is None:
+            return None
+        return {**dict.fromkeys(protocol.REPORT_FIELDS), **best[1], "age_s": now - best[0]}
+
     def stats(self, room: Room) -> dict:
         s, m = room.session, room.session.metrics
         produced = s.slot.produced
@@ -429,6 +445,7 @@ class PeerHub:
             for ch in [c for c in room.channels if sctp is not None and getattr(c, "transport", None) is sctp]:
                 room.channels.discard(ch)  # a churned spectator must not leave its channel behind
                 room.player_channels.discard(ch)
+                room.reports.pop(ch, None)
             await self._close_pc(pc)
         if not viewer and room.id in self.rooms:
             if not room.persistent:

@@ -6,6 +6,7 @@ A bad message raises ProtocolError(code, message); the peer replies with an `err
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -15,9 +16,15 @@ from worldlab.config import SessionConfig
 VERSION = 1
 MAX_MESSAGE_BYTES = SessionConfig.max_message_bytes
 MAX_JSON_DEPTH = SessionConfig.max_json_depth
-CLIENT_TYPES = ("action", "prompt", "ping", "quality")
-VIEWER_TYPES = ("ping",)  # a spectator may measure its RTT; it cannot steer the world or change the stream
+CLIENT_TYPES = ("action", "prompt", "ping", "quality", "report")
+# A spectator may measure its RTT and report what its page measured; it cannot steer the world or change
+# the stream.
+VIEWER_TYPES = ("ping", "report")
 QUALITY = ("auto", "low", "high")
+# What a page may report of its own measurements (`report`): each optional, a finite number >= 0 or null.
+REPORT_FIELDS = ("fps_actual", "g2g_ms", "g2g_ms_p95", "rtt_ms", "capture_ms", "decode_ms", "interval_ms_p95",
+                 "frames", "new_frames", "dropped_frames", "first_frame_ms")
+_ENVELOPE = ("v", "seq", "type")
 
 
 class ProtocolError(ValueError):
@@ -106,7 +113,29 @@ def _number(msg: dict, field: str) -> float:
     v = msg.get(field)
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         raise ProtocolError("bad_field", f"field {field!r} must be a number, got {v!r}")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer literal of hundreds of digits
+        raise ProtocolError("bad_field", f"field {field!r} is out of range") from None
+
+
+def _check_report(msg: dict) -> dict:
+    unknown = [k for k in msg if k not in _ENVELOPE and k not in REPORT_FIELDS]
+    if unknown:
+        raise ProtocolError("bad_field", f"field {unknown[0]!r} is not accepted in a report; "
+                                         f"expected some of {REPORT_FIELDS}")
+    body = {}
+    for k in REPORT_FIELDS:
+        if k not in msg:
+            continue
+        if msg[k] is None:
+            body[k] = None
+            continue
+        v = _number(msg, k)
+        if not math.isfinite(v) or v < 0:
+            raise ProtocolError("bad_field", f"field {k!r} must be a finite number >= 0 or null, got {msg[k]!r}")
+        body[k] = v
+    return body
 
 
 def _check_body(kind: str, msg: dict) -> dict:
@@ -130,6 +159,8 @@ def _check_body(kind: str, msg: dict) -> dict:
         return {"text": text}
     if kind == "ping":
         return {"t": _number(msg, "t")}
+    if kind == "report":
+        return _check_report(msg)
     preset = msg.get("preset")
     if preset not in QUALITY:
         raise ProtocolError("bad_field", f"field 'preset' must be one of {QUALITY}, got {preset!r}")
