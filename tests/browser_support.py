@@ -69,10 +69,12 @@ def running(argv: list[str], port: int, log_path: str, env: dict | None = None, 
 
 
 @contextlib.contextmanager
-def jupyter_lab_on_quickstart(work, token: str, model: str, checkpoint=None):
+def jupyter_lab_on_quickstart(work, token: str, model: str, checkpoint=None, *, base_url: str = "/",
+                              host: str = "127.0.0.1", extra_cells: tuple = ()):
     """JupyterLab on a free loopback port serving a copy of the quickstart whose model is `model`
-    ("tiny" or "oracle"; with "tiny", `checkpoint` replaces the shipped one); yields the base URL and always
-    stops the server."""
+    ("tiny" or "oracle"; with "tiny", `checkpoint` replaces the shipped one), with `extra_cells` (code)
+    appended; yields the URL of `base_url` on `host` (no trailing slash) and always stops the server.
+    A `host` other than 127.0.0.1 must resolve to loopback in the browser (chromium_browser(host_map=...))."""
     import json
     import pathlib
     import sys
@@ -86,24 +88,32 @@ def jupyter_lab_on_quickstart(work, token: str, model: str, checkpoint=None):
         load = "".join(nb["cells"][2]["source"])
         assert "load_model()" in load, "the quickstart's model cell changed: update this helper"
         nb["cells"][2]["source"] = load.replace("load_model()", f"load_model({str(checkpoint)!r})")
+    for src in extra_cells:
+        nb["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                            "source": src})
     (work / "01_quickstart.ipynb").write_text(json.dumps(nb))
     port = free_port()
     argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--expose-app-in-browser",
-            "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+            "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            f"--ServerApp.base_url={base_url}"]
+    if host != "127.0.0.1":  # reached by another name, as behind JupyterHub: Jupyter must accept that Host
+        argv.append("--ServerApp.allow_remote_access=True")
     if os.geteuid() == 0:
         argv.append("--allow-root")
     envvars = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     with running(argv, port, str(work / "lab.log"), env=envvars):
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}{base_url.rstrip('/')}"
 
 
 @contextlib.contextmanager
-def chromium_browser(playwright):
+def chromium_browser(playwright, host_map: str | None = None):
+    """host_map: a host name the browser resolves to 127.0.0.1 (a "remote" server that is really local)."""
     profile = tempfile.mkdtemp(prefix="worldlab-chromium-")
+    args = CHROMIUM_ARGS + ([f"--host-resolver-rules=MAP {host_map} 127.0.0.1"] if host_map else [])
     try:
         ctx = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            profile, executable_path=CHROMIUM, headless=True, args=args,
             viewport={"width": 1280, "height": 900})
         try:
             yield ctx

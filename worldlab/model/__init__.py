@@ -28,7 +28,7 @@ def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", de
             raise ValueError("checkpoint has no activation calibration; it cannot be quantized")
         quantize_model(net, weights, calib)
     return TransformerWorldModel(net, net.cfg, weights=weights, kv=kv, window=window, device=device,
-                                 checkpoint_hash=digest, sink=sink)
+                                 checkpoint_hash=digest, sink=sink, checkpoint_path=ckpt.resolve(checkpoint))
 
 
 def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):

@@ -49,9 +49,14 @@ def read_metadata(path) -> dict:
         return f.metadata() or {}
 
 
+def resolve(path=None) -> pathlib.Path:
+    """The checkpoint file `path` names; None is the shipped one."""
+    return pathlib.Path(path) if path is not None else SHIPPED
+
+
 def load(path=None, device="cpu") -> tuple[WorldTransformer, dict[str, torch.Tensor], dict, str]:
     """-> (net, calibration, extra metadata, sha256 prefix). Raises ValueError/FileNotFoundError clearly."""
-    path = pathlib.Path(path) if path is not None else SHIPPED
+    path = resolve(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

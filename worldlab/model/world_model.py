@@ -46,7 +46,7 @@ class TransformerWorldModel:
     """WorldModel protocol implementation; build with worldlab.model.load_model."""
 
     def __init__(self, net: WorldTransformer, cfg: ModelConfig, *, weights="fp32", kv="none", window="short",
-                 device="cpu", checkpoint_hash: str = "", sink: int | None = None):
+                 device="cpu", checkpoint_hash: str = "", sink: int | None = None, checkpoint_path=None):
         if kv not in KINDS:
             raise ValueError(f"kv must be one of {KINDS}, got {kv!r}")
         self.net, self.cfg = net.eval(), _with_sink(cfg, sink)
@@ -55,6 +55,7 @@ class TransformerWorldModel:
         self.device = torch.device(device)
         self.frame_shape = (cfg.image_size, cfg.image_size, 3)
         self.checkpoint_hash = checkpoint_hash
+        self.checkpoint_path = checkpoint_path  # the file it came from: other toggle variants load it again
         # A decoded corner past the frame edge would draw a clipped sprite: keep every sprite whole.
         self._max_pos = (cfg.image_size - net.codec.sprite_size)[:, None]  # (3, 1)
 

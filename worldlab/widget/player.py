@@ -1,16 +1,18 @@
 """`Player`: the live world model inside a notebook, over WebRTC from the kernel (anywidget).
 
-Signaling rides the widget comm; media runs on a background asyncio thread ("worldlab-media") so the
-stream keeps going while other cells execute. Without a front end (papermill) the session still runs and
-records kernel-side metrics; when WebRTC cannot connect, JPEG frames go over the comm instead.
+Signalling goes through the Jupyter server relay (relay.py -> endpoint.py on the media thread), so a busy
+kernel still connects, reconnects and hot-switches; the widget comm is the fallback. Media runs on a
+background asyncio thread ("worldlab-media"); without a front end (papermill) the session still runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import io
 import pathlib
+import secrets
 import threading
 import time
 import weakref
@@ -25,6 +27,7 @@ from worldlab.engine import Scheduler
 from worldlab.engine.metrics import METRICS
 from worldlab.transport import protocol
 from worldlab.transport.peer import PeerHub
+from worldlab.widget.endpoint import kernel_endpoint
 
 HERE = pathlib.Path(__file__).resolve().parent
 STATIC = HERE.parent / "static"
@@ -59,41 +62,52 @@ class MediaLoop:
 
 
 class ModelPool:
-    """Model variants by toggle setting, each with its own scheduler thread, started on first use."""
+    """Model variants by toggle setting, each with its own scheduler thread, started on first use.
+
+    Variants load from the checkpoint the Player was given, or the one its model came from."""
 
     def __init__(self, checkpoint=None, base_model=None):
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint if checkpoint is not None else getattr(base_model, "checkpoint_path", None)
         self.variants: dict[tuple, tuple] = {}
         self.base_model = base_model
+        self._lock = threading.Lock()  # the main thread and the relay (media thread) both switch
+
+    def base_toggles(self) -> dict | None:
+        """The toggles the given model was built with (None for a model without them, e.g. the oracle)."""
+        m = self.base_model
+        if m is None or not hasattr(m, "net"):
+            return None
+        return {"weights": m.weights, "window": m.window_name, "kv": m.kv}
 
     def get(self, weights: str, window: str, kv: str):
-        if self.base_model is not None and not hasattr(self.base_model, "net") and self.variants:
-            return next(iter(self.variants.values()))  # the oracle has no weights or cache to toggle
-        key = (weights, window, kv)
-        if key not in self.variants:
-            if self.base_model is not None and not self.variants:
-                model = self.base_model
-            else:
-                import torch
+        with self._lock:
+            if self.base_model is not None and not hasattr(self.base_model, "net") and self.variants:
+                return next(iter(self.variants.values()))  # the oracle has no weights or cache to toggle
+            key = (weights, window, kv)
+            if key not in self.variants:
+                if self.base_model is not None and not self.variants:
+                    model = self.base_model
+                else:
+                    from worldlab.model import load_model
 
-                from worldlab.model import load_model
-
-                torch.set_num_threads(1)
-                model = load_model(self.checkpoint, weights=weights, kv=kv, window=window)
-            self.variants[key] = (model, Scheduler(model, name="worldlab-model").start())
-        return self.variants[key]
+                    model = load_model(self.checkpoint, weights=weights, kv=kv, window=window)
+                self.variants[key] = (model, Scheduler(model, name="worldlab-model").start())
+            return self.variants[key]
 
     def stop(self) -> None:
-        for _model, sched in self.variants.values():
-            sched.stop()
-        self.variants.clear()
+        with self._lock:
+            for _model, sched in self.variants.values():
+                sched.stop()
+            self.variants.clear()
 
 
 _live: "weakref.WeakSet[Player]" = weakref.WeakSet()
 
 
 class Player(anywidget.AnyWidget):
-    """Play the world model live in a notebook cell: Player(prompt="a snowy forest")."""
+    """Play the world model live in a notebook cell: Player(prompt="a snowy forest").
+
+    threads: None leaves torch's (process-wide) thread count alone; an int sets it for the whole kernel."""
 
     _esm = (STATIC / "player.js").read_text() + "\n" + (HERE / "widget.js").read_text()
     _css = (HERE / "widget.css").read_text()
@@ -106,15 +120,25 @@ class Player(anywidget.AnyWidget):
     toggle_choices = traitlets.Dict({k: list(v) for k, v in TOGGLE_CHOICES.items()}).tag(sync=True)
     status = traitlets.Unicode("starting").tag(sync=True)
     mode = traitlets.Unicode("none").tag(sync=True)  # "webrtc" | "fallback" | "none" (no front end yet)
+    player_id = traitlets.Unicode("").tag(sync=True)  # the relay route: {base_url}worldlab/players/<id>
 
     def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
-                 size: int = 384, *, checkpoint=None, weights=Toggles.weights, window=Toggles.window, kv=Toggles.kv, **kw):
-        super().__init__(prompt=prompt, fps=fps, size=size, weights=weights, window=window, kv=kv, **kw)
+                 size: int = 384, *, checkpoint=None, weights=None, window=None, kv=None,
+                 threads: int | None = None, **kw):
         if isinstance(model_or_session, (str, pathlib.Path)):
             checkpoint, model_or_session = model_or_session, None
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        pool = ModelPool(checkpoint, base_model=model_or_session)
+        base = pool.base_toggles() or dataclasses.asdict(Toggles())
+        toggles = {"weights": weights or base["weights"], "window": window or base["window"], "kv": kv or base["kv"]}
+        Toggles(**toggles)  # one clear error for a bad value
+        super().__init__(prompt=prompt, fps=fps, size=size, player_id=secrets.token_urlsafe(16), **toggles, **kw)
         self.media = MediaLoop.get()
-        self.pool = ModelPool(checkpoint, base_model=model_or_session)
-        model, sched = self.pool.get(weights, window, kv)
+        self.pool = pool
+        model, sched = self.pool.get(**toggles)
         self.hub = PeerHub(model, sched, fps=fps)
         self.room = self.media.call(self.hub.create_room(prompt, persistent=True))
         self.room.on_players_gone = self._players_gone
@@ -123,11 +147,14 @@ class Player(anywidget.AnyWidget):
         self._frontend_at = 0.0
         self._fallback_task = None
         self._close_timer = None
+        self._switching = False  # set while the relay applies a toggle: the trait echo must not switch again
         self.on_msg(self._on_msg)
         self.observe(self._on_toggle, names=["weights", "window", "kv"])
         self.observe(self._on_prompt, names=["prompt"])
         self.status = "live"
         _live.add(self)
+        self.endpoint = kernel_endpoint(self.media)
+        self.endpoint.register(self)
         self._watchdog = self.media.run(self._watch_views())
 
     @traitlets.validate("prompt")
@@ -155,18 +182,27 @@ class Player(anywidget.AnyWidget):
             if self.mode == "fallback" and self.views and time.monotonic() - self._frontend_at > HEARTBEAT_TIMEOUT_S:
                 self._players_gone()
 
-    # -- comm messages from the front end -------------------------------------------------------
+    # -- signalling: relay (media thread) or comm (main thread) ---------------------------------
+    async def accept_offer(self, sdp: str) -> dict:
+        """A view's SDP offer -> answer; every view joins this Player's one room and steers it."""
+        self._cancel_close()
+        self.views += 1
+        ans = await self.hub.offer(sdp, "offer", room=self.room.id, join=True)
+        self.mode = "webrtc"
+        return ans
+
+    def view_closed(self) -> None:
+        self.views = max(0, self.views - 1)
+        if self.views == 0:
+            self._schedule_close()
+
     def _on_msg(self, _widget, content, _buffers):
         kind = content.get("type")
         if kind == "offer":
-            self._cancel_close()
-            self.views += 1
-            fut = self.media.run(self.hub.offer(content["sdp"], "offer", room=self.room.id, join=True))
+            fut = self.media.run(self.accept_offer(content["sdp"]))
             fut.add_done_callback(lambda f, mid=content.get("id"): self._answer(mid, f))
         elif kind == "frontend_stats":
             self._frontend, self._frontend_at = content.get("stats") or {}, time.monotonic()
-            if not self._frontend.get("fallback"):
-                self.mode = "webrtc"
         elif kind == "fallback":
             self.mode = "fallback"
             if self._fallback_task is None:
@@ -174,9 +210,7 @@ class Player(anywidget.AnyWidget):
         elif kind == "ctl":
             self._apply_ctl(content.get("msg") or {})
         elif kind == "view_closed":
-            self.views = max(0, self.views - 1)
-            if self.views == 0:
-                self._schedule_close()
+            self.view_closed()
 
     def _answer(self, mid, fut) -> None:
         try:
@@ -213,10 +247,25 @@ class Player(anywidget.AnyWidget):
             await asyncio.sleep(1.0 / FALLBACK_FPS)
 
     # -- toggles --------------------------------------------------------------------------------
-    def _on_toggle(self, change) -> None:
+    async def switch(self, weights: str | None = None, window: str | None = None, kv: str | None = None) -> None:
+        """Hot-switch the live session to another toggle setting (on the media thread; the variant loads in
+        a worker thread). The traits follow, so `player.weights` is right even while the kernel is busy."""
+        want = {"weights": weights or self.weights, "window": window or self.window, "kv": kv or self.kv}
+        Toggles(**want)
+        model, sched = await asyncio.get_running_loop().run_in_executor(None, lambda: self.pool.get(**want))
+        await self.hub.switch_model(self.room, model, sched)
+        self._switching = True
         try:
-            model, sched = self.pool.get(self.weights, self.window, self.kv)
-            self.media.call(self.hub.switch_model(self.room, model, sched))
+            for name, value in want.items():
+                setattr(self, name, value)
+        finally:
+            self._switching = False
+
+    def _on_toggle(self, change) -> None:
+        if self._switching:
+            return
+        try:
+            self.media.call(self.switch(self.weights, self.window, self.kv))
         except Exception as exc:
             self.send({"type": "error", "code": "switch_failed", "message": str(exc)})
             raise
@@ -224,13 +273,21 @@ class Player(anywidget.AnyWidget):
     # -- the Python API -------------------------------------------------------------------------
     @property
     def frontend_attached(self) -> bool:
-        return self.views > 0 and time.monotonic() - self._frontend_at < 3.0
+        return bool(self._frontend_report())
+
+    def _frontend_report(self) -> dict:
+        """What the page measured: its data-channel report (arrives while the kernel is busy), else the JPEG
+        fallback's comm heartbeat; {} when no view reported in the last 3 s."""
+        report = self.hub.frontend_stats(self.room, max_age_s=3.0)
+        if report:
+            return report
+        return self._frontend if self.views and time.monotonic() - self._frontend_at < 3.0 else {}
 
     @property
     def stats(self) -> dict:
         """The live metric dictionary: server-side stages plus what the page measured (g2g, rtt, decode)."""
         st = self.hub.stats(self.room)
-        fe = self._frontend if self.frontend_attached else {}
+        fe = self._frontend_report()
         for k in ("capture_ms", "rtt_ms", "decode_ms", "g2g_ms", "g2g_ms_p95"):
             st[k] = fe.get(k)
         st["fps_displayed"] = fe.get("fps_actual")
@@ -281,23 +338,25 @@ class Player(anywidget.AnyWidget):
             self._close_timer.cancel()
             self._close_timer = None
 
-    def close(self) -> None:
-        """Stop the session: peer connections closed, model workers joined; views show a message."""
+    def close(self, *, kernel_exit: bool = False) -> None:
+        """Stop the session: peer connections closed, model workers joined; views show a message.
+        kernel_exit: the process is ending (atexit), so views are told "kernel restarted" by the relay."""
         if self.status == "closed":
             return
         self._cancel_close()
         self.status = "closed"
         self._watchdog.cancel()
         try:
+            self.endpoint.unregister(self, kernel_exit=kernel_exit)
             self.media.call(self.hub.close(), timeout=15)
         finally:
             self.pool.stop()
             _live.discard(self)
 
 
-def close_all() -> None:
+def close_all(*, kernel_exit: bool = False) -> None:
     for p in list(_live):
-        p.close()
+        p.close(kernel_exit=kernel_exit)
 
 
-atexit.register(close_all)
+atexit.register(close_all, kernel_exit=True)

@@ -1,5 +1,58 @@
 // JupyterLab glue for the shared player module (player.js is prepended to this file at import time):
-// signaling over the widget comm, keyboard focus on the stage, toggles, JPEG fallback, stats to the kernel.
+// signalling through the Jupyter server relay (answers while the kernel is busy) or the widget comm,
+// keyboard focus on the stage, toggles, kernel-gone notice, JPEG fallback.
+
+const RELAY_POLL_MS = 3000;
+
+function pageConfig() {
+  const el = document.getElementById("jupyter-config-data");
+  try { return el ? JSON.parse(el.textContent) : null; } catch (e) { return null; }
+}
+
+// {base_url}worldlab/players/<id> on the Jupyter server (relay.py), authenticated like JupyterLab's own
+// requests: the session cookie plus the _xsrf cookie echoed in a header. null outside JupyterLab.
+function relayFor(model) {
+  const cfg = pageConfig(), id = model.get("player_id");
+  if (!cfg || typeof cfg.baseUrl !== "string" || !id) return null;
+  const url = new URL(`${cfg.baseUrl.replace(/\/?$/, "/")}worldlab/players/${id}`, location.origin).href;
+  const call = async (path = "", body = null, extra = {}) => {
+    const headers = { "Content-Type": "application/json" };
+    const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+    if (xsrf) headers["X-XSRFToken"] = decodeURIComponent(xsrf[1]);
+    const res = await fetch(url + path, {
+      method: body === null ? "GET" : "POST", headers, credentials: "same-origin",
+      body: body === null ? undefined : JSON.stringify(body), ...extra,
+    });
+    let data = null;
+    try { data = await res.json(); } catch (e) { /* not our JSON: e.g. no relay extension */ }
+    if (!res.ok) {
+      const err = new Error(data && data.error ? data.error.message : (data && data.message) || res.statusText);
+      err.code = data && data.error ? data.error.code : null;
+      throw err;
+    }
+    return data;
+  };
+  return { url, call, ok: null }; // ok: null = untried, true = answering, false = unavailable (use the comm)
+}
+
+const KERNEL_GONE = new Set(["kernel_gone", "gone"]);
+
+function relayOrComm(relay, model) {
+  const comm = commSignal(model);
+  return async (offer, extra = {}) => {
+    if (relay && relay.ok !== false) {
+      try {
+        const answer = await relay.call("/offer", { sdp: offer.sdp, type: offer.type });
+        relay.ok = true;
+        return answer;
+      } catch (e) {
+        if (KERNEL_GONE.has(e.code)) throw e;
+        relay.ok = false; // no extension, or it refused us: the comm still works once the kernel is idle
+      }
+    }
+    return comm(offer, extra);
+  };
+}
 
 function commSignal(model) {
   return (offer, extra = {}) => new Promise((resolve, reject) => {
@@ -29,7 +82,7 @@ function render({ model, el }) {
       <canvas class="wl-fallback" width="${size}" height="${size}" hidden></canvas>
       <canvas class="wl-overlay" width="${size}" height="72"></canvas>
       <span class="wl-badge" hidden>fallback</span>
-      <div class="wl-msg" hidden></div>
+      <div class="wl-msg" hidden><span></span> <button class="wl-reconnect" hidden>reconnect</button></div>
     </div>
     <div class="wl-controls">
       <input class="wl-prompt" maxlength="500" value="${model.get("prompt").replace(/"/g, "&quot;")}">
@@ -40,14 +93,40 @@ function render({ model, el }) {
   el.classList.add("worldlab-player");
   const $ = (q) => el.querySelector(q);
   const stage = $(".wl-stage"), video = $("video"), msgBox = $(".wl-msg");
-  let fallback = false;
+  let fallback = false, gone = false;
+  const relay = relayFor(model);
   const player = new Player({
-    video, overlay: $(".wl-overlay"), signal: commSignal(model), keyTarget: stage,
-    onStatus: (s) => { el.dataset.state = s; },
+    video, overlay: $(".wl-overlay"), signal: relayOrComm(relay, model), keyTarget: stage,
+    onStatus: (s) => { el.dataset.state = gone ? "gone" : s; },
   });
   el.player = player; // tests read el.player.stats()
+  el.relay = relay;
 
-  const showMessage = (text) => { msgBox.textContent = text; msgBox.hidden = !text; };
+  const showMessage = (text, reconnect = false) => {
+    msgBox.querySelector("span").textContent = text;
+    msgBox.hidden = !text;
+    $(".wl-reconnect").hidden = !reconnect;
+  };
+  const kernelGone = (e) => {
+    if (gone) return;
+    gone = true;
+    player.close(false);
+    el.dataset.state = "gone";
+    showMessage(e.code === "kernel_gone" ? "kernel restarted — this session is gone; run the Player cell again"
+      : `session gone: ${e.message}`, true);
+  };
+  $(".wl-reconnect").addEventListener("click", async () => {
+    showMessage("reconnecting…");
+    try {
+      if (relay) await relay.call("");
+      gone = false;
+      showMessage("");
+      await player.connect();
+    } catch (e) {
+      gone = false;
+      kernelGone(e);
+    }
+  });
   const startFallback = (why) => {
     if (fallback || model.get("status") === "closed") return;
     fallback = true;
@@ -94,8 +173,18 @@ function render({ model, el }) {
   model.on("change:prompt", () => { $(".wl-prompt").value = model.get("prompt"); });  // player.prompt = ...
   el.querySelectorAll("select[data-trait]").forEach((s) => s.addEventListener("change", () => {
     model.set(s.dataset.trait, s.value);
-    model.save_changes();
+    model.save_changes(); // the kernel applies it when idle (a no-op if the relay already did)
+    if (relay && relay.ok) {
+      relay.call("/toggle", { [s.dataset.trait]: s.value })
+        .catch((e) => showMessage(`${s.dataset.trait} switch failed: ${e.message}`));
+    }
   }));
+  model.on("change:weights", () => syncSelects());
+  model.on("change:window", () => syncSelects());
+  model.on("change:kv", () => syncSelects());
+  function syncSelects() {
+    el.querySelectorAll("select[data-trait]").forEach((s) => { s.value = model.get(s.dataset.trait); });
+  }
   stage.addEventListener("click", () => stage.focus());
 
   if (model.get("status") !== "closed") {
@@ -103,17 +192,26 @@ function render({ model, el }) {
     // 20 s, or an answer but no frame 8 s later (e.g. UDP blocked on a remote JupyterHub).
     player.connect().then(() => {
       setTimeout(() => { if (!fallback && player.stats().frames === 0) startFallback("no WebRTC frames 8 s after the answer"); }, 8000);
-    }).catch((e) => startFallback(e.message));
+    }).catch((e) => (KERNEL_GONE.has(e.code) ? kernelGone(e) : startFallback(e.message)));
   }
+  // The page's numbers reach the kernel over the data channel ("report"); only the JPEG fallback has
+  // no data channel and sends its heartbeat over the comm.
   const timer = setInterval(() => {
-    model.send({ type: "frontend_stats", stats: fallback ? { fallback: true, frames: player.frames } : player.stats() });
+    if (fallback) model.send({ type: "frontend_stats", stats: { fallback: true, frames: player.frames } });
   }, 1000);
+  // A restarted kernel takes the session with it; the relay knows (the kernel's process is gone).
+  const watch = setInterval(() => {
+    if (!relay || relay.ok !== true || gone || model.get("status") === "closed") return;
+    relay.call("").catch((e) => KERNEL_GONE.has(e.code) && kernelGone(e));
+  }, RELAY_POLL_MS);
   return () => {
     clearInterval(timer);
+    clearInterval(watch);
     model.off("msg:custom", onMsg);
     model.off("change:status", onStatus);
     player.close();
-    model.send({ type: "view_closed" });
+    if (relay && relay.ok) relay.call("/view_closed", {}, { keepalive: true }).catch(() => {});
+    else model.send({ type: "view_closed" });
   };
 }
 
