@@ -17,6 +17,9 @@ from setuptools.build_meta import (build_sdist, build_wheel, get_requires_for_bu
                                    get_requires_for_build_sdist, get_requires_for_build_wheel,
                                    prepare_metadata_for_build_editable, prepare_metadata_for_build_wheel)
 
+__all__ = ["build_editable", "build_sdist", "build_wheel", "get_requires_for_build_editable",
+           "get_requires_for_build_sdist", "get_requires_for_build_wheel", "prepare_metadata_for_build_editable",
+           "prepare_metadata_for_build_wheel"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
