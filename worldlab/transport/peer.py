@@ -27,10 +27,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from worldlab import env
 from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.model import start_session
+from worldlab.security import safety
 from worldlab.transport import protocol
 from worldlab.transport.track import RoomTrack
 
@@ -215,7 +215,11 @@ class PeerHub:
         Without `room`, the id is random and unguessable. Raises OfferError 409 room_taken for a live (or
         starting) room id and 503 server_full at `max_sessions` rooms."""
         prompt = prompt or "a walk in the forest"
-        env.check_prompt(prompt)
+        try:
+            safety.screen_prompt(prompt)
+        except safety.PromptRefused as exc:
+            safety.REVIEW.flag(f"room:{room or '-'}", "prompt", str(exc))
+            raise OfferError(400, "prompt_refused", str(exc)) from None
         if room is not None and (room in self.rooms or room in self._creating):
             raise OfferError(409, "room_taken", f"room {room!r} already has a player")
         if len(self.rooms) + len(self._creating) >= self.cfg.max_sessions:
@@ -345,6 +349,8 @@ class PeerHub:
         try:
             msg = protocol.parse(raw, viewer=viewer)
         except protocol.ProtocolError as exc:
+            if exc.code == "prompt_refused":
+                safety.REVIEW.flag(room.session.id, "prompt", str(exc))
             self._send(channel, protocol.encode("error", code=exc.code, message=str(exc)))
             return
         s = room.session

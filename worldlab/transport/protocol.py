@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from worldlab import env
 from worldlab.config import SessionConfig
+from worldlab.security import safety
 
 VERSION = 1
 MAX_MESSAGE_BYTES = SessionConfig.max_message_bytes
@@ -153,7 +154,9 @@ def _check_body(kind: str, msg: dict) -> dict:
         if not isinstance(text, str):
             raise ProtocolError("bad_field", f"field 'text' must be a string, got {type(text).__name__}")
         try:
-            env.check_prompt(text)
+            safety.screen_prompt(text)
+        except safety.PromptRefused as exc:
+            raise ProtocolError("prompt_refused", str(exc)) from None
         except ValueError as exc:
             raise ProtocolError("bad_prompt", str(exc)) from None
         return {"text": text}

@@ -21,10 +21,10 @@ import anywidget
 import numpy as np
 import traitlets
 
-from worldlab import env
 from worldlab.config import TOGGLE_CHOICES, Toggles
 from worldlab.engine import Scheduler
 from worldlab.engine.metrics import METRICS
+from worldlab.security import safety
 from worldlab.transport import protocol
 from worldlab.transport.peer import PeerHub
 from worldlab.widget.endpoint import kernel_endpoint
@@ -160,7 +160,7 @@ class Player(anywidget.AnyWidget):
     @traitlets.validate("prompt")
     def _valid_prompt(self, proposal) -> str:
         try:
-            return env.check_prompt(proposal["value"])
+            return safety.screen_prompt(proposal["value"])
         except ValueError as exc:
             raise traitlets.TraitError(str(exc)) from None
 
