@@ -13,7 +13,7 @@ import secrets
 
 from aiohttp import web
 
-from worldlab.config import SessionConfig
+from worldlab.config import SessionConfig, Toggles
 from worldlab.transport import protocol
 from worldlab.transport.peer import OfferError
 from worldlab.widget import registry
@@ -64,10 +64,6 @@ class KernelEndpoint:
     async def _guard(self, request, handler):
         if not hmac.compare_digest(request.headers.get(registry.SECRET_HEADER, ""), self.secret):
             return _error(403, "forbidden", "missing or wrong relay secret")
-        player = self.players.get(request.match_info.get("pid", ""))
-        if player is None or player.status != "live":
-            return _error(404, "gone", "this player was closed; run the Player cell again")
-        request["player"] = player
         try:
             return await handler(request)
         except web.HTTPException:
@@ -75,6 +71,13 @@ class KernelEndpoint:
         except Exception:
             log.exception("relay request %s failed", request.path)
             return _error(500, "internal", "the kernel could not handle the request (see the kernel log)")
+
+    def _player(self, request):
+        player = self.players.get(request.match_info.get("pid", ""))
+        if player is None or player.status != "live":
+            raise web.HTTPNotFound(text='{"error": {"code": "gone", "message": "this player was closed; run the '
+                                        'Player cell again"}}', content_type="application/json")
+        return player
 
     async def _body(self, request) -> dict:
         try:
@@ -88,12 +91,12 @@ class KernelEndpoint:
         return body
 
     async def _status(self, request):
-        p = request["player"]
+        p = self._player(request)
         return web.json_response({"status": p.status, "room": p.room.id, "views": p.views, "mode": p.mode,
                                   "toggles": {"weights": p.weights, "window": p.window, "kv": p.kv}})
 
     async def _offer(self, request):
-        p, body = request["player"], await self._body(request)
+        p, body = self._player(request), await self._body(request)
         sdp = body.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or body.get("type") != "offer":
             return _error(400, "bad_sdp", "expected {sdp: 'v=0...', type: 'offer'}")
@@ -104,15 +107,19 @@ class KernelEndpoint:
         return web.json_response(ans)
 
     async def _toggle(self, request):
-        p, body = request["player"], await self._body(request)
+        p, body = self._player(request), await self._body(request)
         try:
-            await p.switch(**body)
+            Toggles(**{"weights": p.weights, "window": p.window, "kv": p.kv, **body})
         except (TypeError, ValueError) as exc:
             return _error(400, "bad_toggle", str(exc))
+        try:
+            await p.switch(**body)
+        except ValueError as exc:  # e.g. the session has not made enough frames to prefill another variant
+            return _error(409, "switch_failed", str(exc))
         return web.json_response({"weights": p.weights, "window": p.window, "kv": p.kv})
 
     async def _view_closed(self, request):
-        request["player"].view_closed()
+        self._player(request).view_closed()
         return web.json_response({"ok": True})
 
 
