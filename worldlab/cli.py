@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "worldlab.commands.kernels_cmd",
     "worldlab.commands.sweep_cmd",
     "worldlab.commands.experiment_cmds",
+    "worldlab.commands.triage_cmd",
 ]
 
 
