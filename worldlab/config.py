@@ -32,9 +32,17 @@ class SessionConfig:
     # player). Connected peers that vanish are caught by ICE consent freshness (aioice: ~30 s) -> "failed".
     connect_timeout_s: float = 15.0
     room_id_bytes: int = 16  # random bytes in a server-chosen room id (secrets.token_urlsafe)
+    # Data-channel messages per peer connection (worldlab.security.ratelimit token buckets): (type, sustained
+    # per second, burst). Over it: an `error` rate_limited and the message is dropped. The page sends an
+    # action only when the held keys change, a ping every 500 ms and a report every second.
+    ctl_rate_limits: tuple = (("action", 60.0, 120), ("prompt", 1.0, 5), ("ping", 10.0, 20), ("report", 2.0, 5),
+                              ("quality", 2.0, 5))
+    rate_flag_every: int = 100  # every Nth dropped message of a session is flagged for review
+    rate_limit_max_keys: int = 10_000  # keys (client IPs, sessions) a rate limit remembers; least recent go first
 
     def __post_init__(self):
         object.__setattr__(self, "fps_range", tuple(self.fps_range))  # JSON round-trips give lists
+        object.__setattr__(self, "ctl_rate_limits", tuple(tuple(r) for r in self.ctl_rate_limits))
 
     def to_dict(self) -> dict:
         return asdict(self)

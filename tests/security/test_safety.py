@@ -108,3 +108,38 @@ def test_player_prompt_trait_refuses_a_blocked_prompt():
         assert p.prompt == "a snowy day" and p.room.session.prompt == "a snowy day"
     finally:
         p.close()
+
+
+def test_every_client_message_type_has_a_rate_limit():
+    from worldlab.config import SessionConfig
+
+    assert {kind for kind, _r, _b in SessionConfig().ctl_rate_limits} == set(protocol.CLIENT_TYPES)
+
+
+async def test_a_flood_of_actions_is_rate_limited_and_flagged_and_the_stream_goes_on():
+    from worldlab.config import SessionConfig
+
+    burst = dict((k, b) for k, _r, b in SessionConfig().ctl_rate_limits)["action"]
+    async with hub_on() as (hub, _sched):
+        client = Client()
+        try:
+            ans = await client.connect(hub)
+            room = hub.rooms[ans["room"]]
+            for i in range(burst + 200):
+                client.send(type="action", keys=["left"] if i % 2 else ["right"])
+            await until(lambda: errors(client).count("rate_limited") >= 150)
+            limited = errors(client).count("rate_limited")
+            assert 150 <= limited <= 200  # the burst (plus what refilled meanwhile) got through, the rest did not
+            assert set(errors(client)) == {"rate_limited"}
+            flags = [e for e in safety.REVIEW.events(room.session.id) if e.kind == "rate"]
+            assert flags and "action" in flags[0].detail
+            n = len(client.frames)
+            await until(lambda: len(client.frames) >= n + 10)
+            await asyncio.sleep(1.1)  # tokens refill: a prompt and an action go through again
+            before = len(errors(client))
+            client.send(type="action", keys=["up"])
+            client.send(type="prompt", text="a snowy day")
+            await until(lambda: room.session.prompt == "a snowy day")
+            assert len(errors(client)) == before
+        finally:
+            await client.pc.close()

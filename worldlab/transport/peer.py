@@ -31,6 +31,7 @@ from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.model import start_session
 from worldlab.security import safety
+from worldlab.security.ratelimit import TokenBucket
 from worldlab.transport import protocol
 from worldlab.transport.track import RoomTrack
 
@@ -64,6 +65,7 @@ class Room:
     persistent: bool = False  # widget rooms outlive their views; served rooms end with their player
     on_players_gone: object = None  # called when a persistent room's last steering peer is gone
     bad_reads: int = 0
+    rate_drops: int = 0  # data-channel messages dropped by the rate limits
 
 
 # -- ICE bind address --------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class PeerHub:
         self.ice_host = ice_bind_address(ice_host)
         if self.ice_host is not None and not _install_ice_host_hook():
             self.ice_host = None
+        self._ctl_limits = {kind: TokenBucket(rate, burst) for kind, rate, burst in self.cfg.ctl_rate_limits}
         self.rooms: dict[str, Room] = {}
         self._creating: set[str] = set()  # room ids reserved by create_room while their session starts
         self.pcs: set[RTCPeerConnection] = set()
@@ -353,6 +356,9 @@ class PeerHub:
                 safety.REVIEW.flag(room.session.id, "prompt", str(exc))
             self._send(channel, protocol.encode("error", code=exc.code, message=str(exc)))
             return
+        if not self._ctl_limits[msg.type].allow(id(channel)):
+            self._rate_limited(room, channel, msg.type)
+            return
         s = room.session
         if msg.type == "action":
             s.set_action(msg.body["keys"], msg.seq)
@@ -366,6 +372,13 @@ class PeerHub:
                 room.track.set_rung(room.quality)
         elif msg.type == "report" and channel in room.channels:  # not one racing _drop_pc: it would stay
             room.reports[channel] = (time.monotonic(), msg.body)
+
+    def _rate_limited(self, room: Room, channel, kind: str) -> None:
+        room.rate_drops += 1
+        if room.rate_drops % self.cfg.rate_flag_every == 1:
+            safety.REVIEW.flag(room.session.id, "rate", f"{kind} messages over the limit ({room.rate_drops} dropped)")
+        self._send(channel, protocol.encode("error", code="rate_limited",
+                                            message=f"too many {kind} messages; slow down"))
 
     def _on_frame(self, room: Room, frame_id: int, pts: int) -> None:
         for seq, fid in room.session.pop_acks():
