@@ -12,11 +12,11 @@ import threading
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from worldlab import env
 from worldlab.engine import Scheduler
 from worldlab.engine.oracle import EnvOracle
+from worldlab.transport.client import PeerClient
 from worldlab.transport.peer import PeerHub
 
 
@@ -24,47 +24,7 @@ def background_color(theme):
     return np.array(env.background(theme)[0, 0], dtype=float)
 
 
-class Client:
-    def __init__(self):
-        self.pc = RTCPeerConnection()
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.ch = self.pc.createDataChannel("ctl", ordered=True)
-        self.msgs = []
-        self.frames = []
-        self.seq = 0
-        self.opened = asyncio.Event()
-        self.ch.on("open", self.opened.set)
-        self.ch.on("message", lambda m: self.msgs.append(json.loads(m)))
-
-        @self.pc.on("track")
-        def on_track(track):
-            asyncio.ensure_future(self._pull(track))
-
-    async def _pull(self, track):
-        while True:
-            try:
-                f = await track.recv()
-            except Exception:
-                return
-            self.frames.append(f.to_ndarray(format="rgb24"))
-
-    async def connect(self, hub, **kw):
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        ans = await hub.offer(self.pc.localDescription.sdp, self.pc.localDescription.type, **kw)
-        await self.pc.setRemoteDescription(RTCSessionDescription(ans["sdp"], ans["type"]))
-        await asyncio.wait_for(self.opened.wait(), 10)
-        return ans
-
-    def send(self, **m):
-        self.seq += 1
-        self.ch.send(json.dumps({"v": 1, "seq": self.seq, **m}))
-        return self.seq
-
-    async def wait_for(self, pred, timeout=10.0):
-        async def poll():
-            while not pred():
-                await asyncio.sleep(0.02)
-        await asyncio.wait_for(poll(), timeout)
+Client = PeerClient  # the other transport tests import it from here
 
 
 def dominant_is(frame, theme):
