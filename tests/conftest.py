@@ -1,4 +1,5 @@
-"""Test-wide setup: run Triton kernels through the interpreter when there is no GPU.
+"""Test-wide setup: run Triton kernels through the interpreter when there is no GPU, and keep servers'
+keys and records out of the real home (XDG_CONFIG_HOME -> a temporary directory, inherited by subprocesses).
 
 TRITON_INTERPRET must be set before triton.jit decorates anything, hence here at collection time.
 """
@@ -10,6 +11,17 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_config_dir(tmp_path_factory):
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = old
 
 
 @pytest.fixture(scope="session")

@@ -98,3 +98,81 @@ def test_serve_logs_access_lines_without_query_strings_and_hides_versions(tmp_pa
     text = log.read_text()
     assert '"GET /healthz" 200' in text and "s3cret" not in text, text
     assert "worldlab serving" in text and "Traceback" not in text
+
+
+# -- access tokens ------------------------------------------------------------------------------------------
+def test_token_prints_a_verifiable_token_last_and_rotates(tmp_path):
+    from worldlab.security.tokens import Keyring
+
+    keys = tmp_path / "keys.json"
+    ring = Keyring.create(keys)
+    out = run("token", "--keys", str(keys), "--room", "room-1", "--role", "viewer", "--tenant", "acme", "--ttl", "60")
+    assert out.returncode == 0, out.stderr
+    claims = ring.verify(out.stdout.splitlines()[-1], room="room-1", role="viewer")
+    assert (claims.tenant, claims.role) == ("acme", "viewer")
+    out = run("token", "--keys", str(keys), "--role", "admin", "--rotate")
+    assert out.returncode == 0 and "rotated" in out.stdout, out.stderr
+    rotated = Keyring.load(keys)
+    assert rotated.previous == ring.current  # the old key still verifies
+    assert rotated.verify(out.stdout.splitlines()[-1], role="admin").role == "admin"
+
+
+def test_bad_token_input_is_one_line(tmp_path):
+    from worldlab.security.tokens import Keyring
+
+    keys = str(tmp_path / "keys.json")
+    one_line_error(run("token", "--keys", keys, "--room", "r"), "no key file at")
+    Keyring.create(keys)
+    one_line_error(run("token", "--keys", keys, "--room", "r", "--role", "owner"), "--role must be one of")
+    one_line_error(run("token", "--keys", keys, "--room", "r", "--ttl", "0"), "--ttl must be > 0")
+    one_line_error(run("token", "--keys", keys, "--room", "r", "--ttl", "soon"), "--ttl must be a whole number")
+    one_line_error(run("token", "--keys", keys, "--role", "viewer"), "--room is required")
+    one_line_error(run("token", "--keys", keys, "--room", "a b"), "--room must be 1-64 characters")
+
+
+def test_serve_with_auth_creates_keys_prints_a_link_and_reloads_them_on_sighup(tmp_path):
+    import re
+    import signal
+    import stat
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.browser_support import free_port, running
+    from worldlab.security.tokens import Keyring
+
+    def offer(token, room, host=None):
+        body = json.dumps({"sdp": "v=0\r\nnot sdp", "type": "offer", "room": room, "token": token}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/offer", data=body,
+                                     headers={"Content-Type": "application/json", **({"Host": host} if host else {})})
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())["error"]["code"]
+
+    def wait_for(needle):
+        deadline = time.monotonic() + 20
+        while needle not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return log.read_text()
+
+    port, keys, log = free_port(), tmp_path / "conf" / "keys.json", tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--model", "oracle", "--port", str(port), "--auth",
+            "--keys", str(keys)]
+    with running(argv, port, str(log)) as proc:
+        text = wait_for("player link")
+        assert stat.S_IMODE(keys.stat().st_mode) == 0o600 and "created a new keyring" in text, text
+        link = re.search(r"http://127\.0\.0\.1:\d+/\?room=[\w-]+&token=[\w.-]+", text).group(0)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)
+        assert offer(query["token"][0], query["room"][0]) == (400, "bad_sdp")  # past auth
+        assert offer(None, "r") == (401, "token_required")
+        assert offer(query["token"][0], query["room"][0], host="rebind.attacker.test") == (403, "bad_host")
+        new = run("token", "--keys", str(keys), "--room", "r", "--rotate").stdout.splitlines()[-1]
+        assert offer(new, "r") == (401, "bad_token")  # not loaded yet
+        proc.send_signal(signal.SIGHUP)
+        wait_for("keyring reloaded")
+        assert offer(new, "r") == (400, "bad_sdp")
+        assert offer(query["token"][0], query["room"][0]) == (400, "bad_sdp")  # the previous key still verifies
+    assert Keyring.load(keys).previous is not None and "Traceback" not in log.read_text()

@@ -14,10 +14,12 @@ import sys
 COMMAND_MODULES = [
     "worldlab.commands.lab_cmd",
     "worldlab.commands.serve_cmd",
+    "worldlab.commands.token_cmd",
     "worldlab.commands.model_cmds",
     "worldlab.commands.kernels_cmd",
     "worldlab.commands.sweep_cmd",
     "worldlab.commands.experiment_cmds",
+    "worldlab.commands.verify_cmd",
     "worldlab.commands.triage_cmd",
 ]
 

@@ -38,7 +38,18 @@ class SessionConfig:
     ctl_rate_limits: tuple = (("action", 60.0, 120), ("prompt", 1.0, 5), ("ping", 10.0, 20), ("report", 2.0, 5),
                               ("quality", 2.0, 5))
     rate_flag_every: int = 100  # every Nth dropped message of a session is flagged for review
+    # Triage buffer (worldlab.security.ringbuffer): the last seconds of each session's packets and inputs,
+    # encrypted in memory, sealed to disk when the session is flagged or an admin asks.
+    triage_seconds: float = 45.0
+    triage_max_bytes: int = 16 << 20
+    # Access (worldlab.security): tokens, and POST /offer per client IP (a token bucket; more get 429).
+    token_ttl_s: int = 24 * 3600  # `worldlab token` default and the start-up link of `worldlab serve --auth`
+    offer_rate_per_s: float = 2.0  # sustained offers per client IP
+    offer_burst: int = 10  # offers a client IP may make back to back before the rate applies
     rate_limit_max_keys: int = 10_000  # keys (client IPs, sessions) a rate limit remembers; least recent go first
+    # Provenance (worldlab.security.watermark): a random 64-bit id per session hidden in every frame.
+    watermark: bool = True
+    watermark_key: str = "worldlab-watermark-v1"  # seeds the pattern; `worldlab verify` must use the same
 
     def __post_init__(self):
         object.__setattr__(self, "fps_range", tuple(self.fps_range))  # JSON round-trips give lists

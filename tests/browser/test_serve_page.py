@@ -117,3 +117,24 @@ def test_holding_right_moves_one_compact_agent(any_server, tmp_path):
         hold = hold_key(page, "#video", "body", "window.worldlab",
                         evidence_path(tmp_path, model, "served-page-after-3s-right.png"))
     check_hold_right(hold, "forest", strict=model != "micro")
+
+
+def test_auth_page_plays_with_a_token_link_and_says_why_without_one(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    from worldlab.security.tokens import Keyring
+
+    ring = Keyring.create(tmp_path_factory.mktemp("keys") / "keys.json")
+    ctx, base = serve(tmp_path_factory, "--model", "oracle", "--auth", "--keys", str(ring.path))
+    with ctx, sync_playwright() as pw, chromium_browser(pw) as browser:
+        page = browser.new_page()
+        page.goto(f"{base}/?room=room-1&token={ring.issue('room-1', 'player', ttl_s=60)}")
+        page.wait_for_function("window.worldlab && window.worldlab.stats().frames > 10", timeout=20000)
+        assert page.evaluate("window.worldlab.room") == "room-1"
+        viewer = browser.new_page()
+        viewer.goto(f"{base}/watch/room-1?token={ring.issue('room-1', 'viewer', ttl_s=60)}")
+        viewer.wait_for_function("window.worldlab && window.worldlab.stats().frames > 10", timeout=20000)
+        denied = browser.new_page()
+        denied.goto(base + "/")
+        denied.wait_for_function("document.getElementById('status').textContent.startsWith('error')", timeout=10000)
+        assert denied.locator("#status").text_content().startswith("error: token_required:")

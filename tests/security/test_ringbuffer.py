@@ -144,3 +144,36 @@ def test_triage_open_command(tmp_path, key, capsys):
     assert main(["triage", "open", str(tmp_path / "junk"), "--key", str(keyfile)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("worldlab triage: error:") for line in err), err
+
+
+async def test_live_session_feeds_its_buffer_and_a_flag_seals_it(tmp_path):
+    from tests.transport.test_hardening import hub_on, until
+    from worldlab.transport.client import PeerClient
+
+    store = rb.TriageStore.at(tmp_path / "triage", seconds=10)
+    async with hub_on(triage=store) as (hub, _sched):
+        client = PeerClient(keep_frames=False)
+        try:
+            ans = await client.connect(hub)
+            room = hub.rooms[ans["room"]]
+            await client.wait_for(lambda: client.n_frames >= 45)
+            client.send(type="action", keys=["right"])
+            client.send(type="prompt", text="a snowy day")
+            await client.wait_for(lambda: room.session.prompt == "a snowy day")
+            await client.wait_for(lambda: client.n_frames >= 75)
+            client.send(type="prompt", text="n.u.d.e")  # refused and flagged: the buffer is sealed
+            await until(lambda: list((tmp_path / "triage").glob("*.triage")))
+        finally:
+            await client.close()
+    sealed = next((tmp_path / "triage").glob("*.triage"))
+    opened = rb.open_sealed(sealed, store.key)
+    assert opened.head["session"] == room.session.id and opened.head["reason"].startswith("flag: prompt refused")
+    kinds = [m["type"] for _t, m in opened.inputs]
+    assert kinds == ["action", "prompt", "prompt_refused"], kinds
+    assert opened.inputs[1][1]["text"] == "a snowy day" and "frame_id" in opened.inputs[0][1]
+    assert len(opened.frames) >= 60 and any(f[2] for f in opened.frames)  # keyframes flagged
+    video, _log = rb.export(opened, tmp_path / "out", size=128)
+    with av.open(str(video)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    first_key = next(i for i, f in enumerate(opened.frames) if f[2])
+    assert n == len(opened.frames) - first_key

@@ -1,11 +1,13 @@
 """`worldlab serve`: the browser view — player page, spectators, /offer, /healthz, /metrics.
 
 Binds 127.0.0.1:8080 by default (WebRTC's UDP sockets bind the same address); uses the shipped model, or
-the environment oracle with --model oracle. Logs one access line per request to stderr.
+the environment oracle with --model oracle. Logs one access line per request to stderr. Beyond loopback (or
+with --auth) rooms need tokens signed by the keyring in --keys; SIGHUP reloads it after a rotation.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 
 from worldlab.commands import add_toggle_arguments
@@ -29,7 +31,104 @@ def register(sub) -> None:
                    help=f"spectators per room before 503 room_full (default {d.max_viewers_per_room})")
     p.add_argument("--no-micro-batching", action="store_true", help="step sessions one by one (for comparison)")
     p.add_argument("--open", action="store_true", help="open the page in a browser if one is available")
+    p.add_argument("--auth", action="store_true",
+                   help="rooms need access tokens (always on when --host is not loopback)")
+    p.add_argument("--keys", default=None, help="keyring file (implies --auth), created (mode 0600) if missing "
+                                                "(default: ~/.config/worldlab/keys.json)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients may use (Host/Origin check against DNS rebinding; repeatable); "
+                        "loopback names and --host are always allowed")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="where signed session records and their Ed25519 key (created, mode 0600) are kept "
+                        "(default: ~/.config/worldlab); `worldlab verify --records DIR` reads them")
+    p.add_argument("--triage-dir", default=None, metavar="DIR",
+                   help="where sealed triage buffers and their key go (default: <config dir>/triage)")
+    p.add_argument("--no-triage", action="store_true", help="keep no encrypted triage buffers")
     p.set_defaults(func=run)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("", "0.0.0.0", "::", "*")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(args) -> list[str] | None:
+    """The Host/Origin allow-list: loopback names (and --host) on loopback or with --allow-host; otherwise
+    None (any name: a non-loopback server without --allow-host is reached by names we cannot guess)."""
+    if not args.allow_host and not is_loopback(args.host):
+        return None
+    extra = [] if args.host in WILDCARDS else [args.host]
+    return [*LOOPBACK_NAMES, *extra, *args.allow_host]
+
+
+def load_keyring(args):
+    """The keyring for --auth (created if missing), or None when serving open on loopback."""
+    if not (args.auth or args.keys or not is_loopback(args.host)):
+        return None
+    from worldlab.security.tokens import Keyring, default_keys_path
+
+    path = args.keys or default_keys_path()
+    try:
+        keyring, created = Keyring.load_or_create(path)
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        raise ValueError(f"cannot use key file {path}: {exc.strerror}") from None
+    if created:
+        print(f"created a new keyring at {path} (mode 0600)", flush=True)
+    return keyring
+
+
+def reload_on_sighup(keyring):
+    """An aiohttp on_startup hook: SIGHUP re-reads the key file (after `worldlab token --rotate`); a bad file
+    keeps the keys in use."""
+    import asyncio
+    import signal
+
+    def reload() -> None:
+        try:
+            keyring.reload()
+            print(f"keyring reloaded from {keyring.path} (current key {keyring.current[0]})", flush=True)
+        except (OSError, ValueError) as exc:
+            print(f"keyring not reloaded, keeping the keys in use: {exc}", flush=True)
+
+    async def install(app) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+    return install
+
+
+def page_url(args, room: str | None = None, token: str | None = None) -> str:
+    import socket
+    import urllib.parse
+
+    host = socket.gethostname() if args.host in WILDCARDS else args.host
+    host = f"[{host}]" if ":" in host else host
+    query = "?" + urllib.parse.urlencode({"room": room, "token": token}) if token else ""
+    return f"http://{host}:{args.port}/{query}"
+
+
+def start_link(args, keyring, cfg) -> str:
+    """A player link for a fresh room, so the operator can open the page of an --auth server."""
+    import secrets
+
+    room = secrets.token_urlsafe(cfg.room_id_bytes)
+    return page_url(args, room, keyring.issue(room, "player", ttl_s=cfg.token_ttl_s))
+
+
+def triage_store(args, cfg):
+    """The encrypted triage buffers' store (its key created 0600 on first use), or None with --no-triage."""
+    if args.no_triage:
+        return None
+    from worldlab.security import config_dir
+    from worldlab.security.ringbuffer import TriageStore
+
+    return TriageStore.at(args.triage_dir or config_dir() / "triage", seconds=cfg.triage_seconds,
+                          max_bytes=cfg.triage_max_bytes)
 
 
 def check_args(args) -> SessionConfig:
@@ -69,19 +168,28 @@ def run(args) -> int:
 
     from aiohttp import web
 
+    from worldlab.security.records import RecordStore
     from worldlab.server import build_app
     from worldlab.server.app import AccessLogger
 
     cfg = check_args(args)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    keyring = load_keyring(args)
     model = build_model(args)
     app = build_app(model, codec=args.codec, fps=args.fps, micro_batching=not args.no_micro_batching,
-                    host=args.host, config=cfg)
-    url = f"http://{args.host}:{args.port}/"
+                    host=args.host, config=cfg, keyring=keyring, allowed_hosts=allowed_hosts(args),
+                    records=RecordStore(args.records), triage=triage_store(args, cfg))
+    if keyring is not None:
+        app.on_startup.append(reload_on_sighup(keyring))
+    url = start_link(args, keyring, cfg) if keyring is not None else page_url(args)
 
     def listening(_aiohttp_message) -> None:  # run_app calls this once the socket is bound
-        print(f"worldlab serving {getattr(model, 'describe', lambda: {})()} at {url}", flush=True)
+        auth = f"tokens from {keyring.path}" if keyring is not None else "open (loopback demo, no tokens)"
+        print(f"worldlab serving {getattr(model, 'describe', lambda: {})()} at {page_url(args)} [{auth}]",
+              flush=True)
+        if keyring is not None:
+            print(f"player link for a fresh room (valid {cfg.token_ttl_s / 3600:g} h): {url}", flush=True)
         if args.open:
             try:
                 webbrowser.open(url)

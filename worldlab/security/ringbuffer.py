@@ -128,6 +128,26 @@ class TriageBuffer:
         return path
 
 
+class TriageStore:
+    """A server's triage buffers: one per session under the server key, sealed into `directory`."""
+
+    def __init__(self, directory: pathlib.Path, key: bytes, *, seconds: float = 45.0, max_bytes: int = 16 << 20):
+        self.directory, self.key, self.seconds, self.max_bytes = pathlib.Path(directory), key, seconds, max_bytes
+
+    @classmethod
+    def at(cls, directory: pathlib.Path, **kw) -> "TriageStore":
+        """The store in `directory`, its key in `directory`/triage.key (created 0600 if missing)."""
+        directory = pathlib.Path(directory)
+        return cls(directory, load_server_key(directory / KEY_FILE), **kw)
+
+    def buffer(self, session: str, codec: str) -> TriageBuffer:
+        return TriageBuffer(session, self.key, seconds=self.seconds, max_bytes=self.max_bytes, codec=codec)
+
+    def seal(self, buf: TriageBuffer, reason: str) -> pathlib.Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        return buf.seal(self.directory / f"{buf.session}-{stamp}-{secrets.token_hex(3)}.triage", reason)
+
+
 @dataclasses.dataclass
 class Opened:
     head: dict

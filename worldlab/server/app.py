@@ -2,8 +2,10 @@
 
 Every error is JSON {error: {code, message}} with a 4xx status (5xx only for our own faults; 503 when full),
 never a trace. Responses name no server software or version; `AccessLogger` logs method, path (no query
-string), status, size and time per request, never bodies or tokens. /metrics labels rooms only for a
-loopback scrape (no proxy headers); anyone else gets aggregates.
+string), status, size and time per request, never bodies or tokens. /metrics room labels and /healthz
+details only for a loopback scrape (no proxy headers) or an admin token; anyone else gets aggregates.
+With a keyring, POST /offer needs a room token (worldlab.security.tokens); with `allowed_hosts`, other
+Host/Origin names get 403 (DNS rebinding); offers are rate-limited per client IP (429 + Retry-After).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import pathlib
+import urllib.parse
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -21,6 +25,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler
+from worldlab.security.ratelimit import TokenBucket
+from worldlab.security.tokens import Keyring, TokenError
 from worldlab.server import metrics as prom
 from worldlab.transport import protocol
 from worldlab.transport.peer import ROOM_RE, OfferError, PeerHub
@@ -31,6 +37,8 @@ SERVER_NAME = "worldlab"  # the Server header: no software versions
 HUB, SCHED = web.AppKey("hub", PeerHub), web.AppKey("scheduler", Scheduler)
 REGISTRY, PUBLIC_REGISTRY = web.AppKey("registry", object), web.AppKey("public_registry", object)
 CONFIG = web.AppKey("config", SessionConfig)
+KEYRING, ALLOWED_HOSTS = web.AppKey("keyring", object), web.AppKey("allowed_hosts", object)  # None: off
+OFFER_LIMIT = web.AppKey("offer_limit", TokenBucket)
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
@@ -71,6 +79,56 @@ def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def host_name(authority: str) -> str | None:
+    """The lower-case host name of a Host header value or an allow-list entry ("name[:port]", "[v6]:port",
+    a bare IPv6 address); None if it cannot be parsed."""
+    if authority.count(":") > 1 and not authority.startswith("["):
+        return authority.lower()
+    try:
+        return urllib.parse.urlsplit("//" + authority).hostname
+    except ValueError:
+        return None
+
+
+def _origin_name(origin: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(origin).hostname
+    except ValueError:
+        return None
+
+
+@web.middleware
+async def check_host(request, handler):
+    """A page on another name whose DNS now points here (DNS rebinding) sends that name as Host/Origin."""
+    allowed = request.app[ALLOWED_HOSTS]
+    if allowed is not None:
+        names = [host_name(request.headers.get("Host", ""))]
+        if "Origin" in request.headers:
+            names.append(_origin_name(request.headers["Origin"]))
+        if any(n is None or n not in allowed for n in names):
+            return error(403, "bad_host", "this server does not answer to that host name")
+    return await handler(request)
+
+
+def privileged(request) -> bool:
+    """May see room names and server details: a loopback scrape, or `Authorization: Bearer <admin token>`.
+    A bearer token that does not verify raises TokenError (the operator should know it is wrong)."""
+    if trusted_scrape(request):
+        return True
+    keyring, auth = request.app[KEYRING], request.headers.get("Authorization", "")
+    if keyring is None or not auth.startswith("Bearer "):
+        return False
+    keyring.verify(auth.removeprefix("Bearer ").strip(), role="admin")
+    return True
+
+
+def token_error(exc: TokenError) -> web.Response:
+    resp = error(exc.status, exc.code, str(exc))
+    if exc.status == 401:
+        resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
 @web.middleware
 async def json_errors(request, handler):
     try:
@@ -97,12 +155,21 @@ async def watch(request):
 async def healthz(request):
     hub, sched = request.app[HUB], request.app[SCHED]
     ok = sched.alive and not hub.closed
-    body = {"ok": ok, "rooms": len(hub.rooms), "peers": len(hub.pcs), "model": sched.model.describe()}
+    try:
+        detailed = privileged(request)
+    except TokenError as exc:
+        return token_error(exc)
+    body = {"ok": ok}
+    if detailed:
+        body.update(rooms=len(hub.rooms), peers=len(hub.pcs), model=sched.model.describe())
     return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request):
-    registry = request.app[REGISTRY] if trusted_scrape(request) else request.app[PUBLIC_REGISTRY]
+    try:
+        registry = request.app[REGISTRY] if privileged(request) else request.app[PUBLIC_REGISTRY]
+    except TokenError as exc:
+        return token_error(exc)
     return web.Response(body=prom.render(registry), content_type="text/plain", charset="utf-8")
 
 
@@ -129,7 +196,31 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes | None:
                 return None
 
 
+def rate_limited(request) -> web.Response | None:
+    """429 with Retry-After once this client IP has spent its offer burst (checked before the body is read)."""
+    bucket, ip = request.app[OFFER_LIMIT], request.remote or "unknown"
+    if bucket.allow(ip):
+        return None
+    wait = max(1, math.ceil(bucket.retry_after(ip)))
+    resp = error(429, "rate_limited", f"too many offers from this address; retry in {wait} s")
+    resp.headers["Retry-After"] = str(wait)
+    return resp
+
+
+def authorize(keyring: Keyring | None, body: dict, room: str | None, role: str) -> str | None:
+    """The tenant of the offer's token (None without a keyring). The token names one room, so an
+    authenticated offer names it too: a player cannot get a server-chosen room."""
+    if keyring is None:
+        return None
+    token = _field(body, "token", str)
+    if token is not None and room is None:
+        raise OfferError(400, "room_required", "an offer with a token must name its room (`room`)")
+    return keyring.verify(token, room=room, role=role).tenant
+
+
 async def offer(request):
+    if (refused := rate_limited(request)) is not None:
+        return refused
     cfg = request.app[CONFIG]
     limit = cfg.max_offer_bytes
     if request.content_type != "application/json":
@@ -153,22 +244,26 @@ async def offer(request):
     if not isinstance(body, dict):
         return error(400, "bad_json", "body must be a JSON object")
     try:
-        sdp = _field(body, "sdp", str, required=True)
-        if body.get("type") != "offer":
-            raise OfferError(400, "bad_field", f"field 'type' must be 'offer', got {body.get('type')!r}")
-        if not sdp.startswith("v=0"):
-            raise OfferError(400, "bad_sdp", "field 'sdp' is not an SDP description")
         room = _field(body, "room", str)
         if room is not None and not ROOM_RE.match(room):
             raise OfferError(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
         role = body.get("role", "player")
         if role not in ("player", "viewer"):
             raise OfferError(400, "bad_field", f"field 'role' must be 'player' or 'viewer', got {role!r}")
+        tenant = authorize(request.app[KEYRING], body, room, role)  # before the SDP or prompt is looked at
+        sdp = _field(body, "sdp", str, required=True)
+        if body.get("type") != "offer":
+            raise OfferError(400, "bad_field", f"field 'type' must be 'offer', got {body.get('type')!r}")
+        if not sdp.startswith("v=0"):
+            raise OfferError(400, "bad_sdp", "field 'sdp' is not an SDP description")
         prompt = _field(body, "prompt", str)
         preset = body.get("preset", "auto")
         if preset not in protocol.QUALITY:
             raise OfferError(400, "bad_field", f"field 'preset' must be one of {protocol.QUALITY}")
-        answer = await request.app[HUB].offer(sdp, "offer", room=room, prompt=prompt, role=role, quality=preset)
+        answer = await request.app[HUB].offer(sdp, "offer", room=room, prompt=prompt, role=role, quality=preset,
+                                              tenant=tenant)
+    except TokenError as exc:
+        return token_error(exc)
     except OfferError as exc:
         return error(exc.status, exc.code, str(exc))
     except ValueError as exc:  # e.g. an empty or oversized prompt
@@ -176,15 +271,39 @@ async def offer(request):
     return web.json_response(answer)
 
 
+async def seal_triage(request):
+    """POST /triage/{room}: seal that session's triage buffer to disk (loopback or an admin token)."""
+    try:
+        if not privileged(request):
+            return error(403, "forbidden", "sealing a triage buffer needs an admin token")
+    except TokenError as exc:
+        return token_error(exc)
+    room = request.app[HUB].rooms.get(request.match_info["room"])
+    if room is None:
+        return error(404, "unknown_room", "no live room with that id")
+    path = await request.app[HUB].seal_triage(room, "request")
+    if path is None:
+        return error(409, "no_triage", "this server keeps no triage buffers")
+    return web.json_response({"session": room.session.id, "file": path.name})
+
+
 def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: bool = True,
-              seed: int = 0, host: str | None = None, config: SessionConfig | None = None) -> web.Application:
+              seed: int = 0, host: str | None = None, config: SessionConfig | None = None,
+              keyring: Keyring | None = None, allowed_hosts=None, records=None, triage=None) -> web.Application:
     """host: the address HTTP listens on; WebRTC's UDP sockets bind the same one (None: every interface).
-    config: limits and timeouts (SessionConfig defaults)."""
+    config: limits and timeouts (SessionConfig defaults). keyring: POST /offer needs a room token signed by
+    it (None: open local demo). allowed_hosts: the only host names accepted in Host/Origin (None: any).
+    records: a worldlab.security.records.RecordStore for signed session records (None: none written).
+    triage: a worldlab.security.ringbuffer.TriageStore keeping each session's encrypted triage buffer."""
     cfg = config or SessionConfig()
     hide_server_version()
-    app = web.Application(middlewares=[json_errors], client_max_size=cfg.max_offer_bytes * 2)
+    app = web.Application(middlewares=[json_errors, check_host], client_max_size=cfg.max_offer_bytes * 2)
+    app[KEYRING] = keyring
+    app[ALLOWED_HOSTS] = None if allowed_hosts is None else frozenset(filter(None, map(host_name, allowed_hosts)))
+    app[OFFER_LIMIT] = TokenBucket(cfg.offer_rate_per_s, cfg.offer_burst, max_keys=cfg.rate_limit_max_keys)
     sched = Scheduler(model, micro_batching=micro_batching)
-    hub = PeerHub(model, sched, codec=codec, fps=fps, seed=seed, config=cfg, ice_host=host)
+    hub = PeerHub(model, sched, codec=codec, fps=fps, seed=seed, config=cfg, ice_host=host, records=records,
+                  triage=triage)
     app[SCHED], app[HUB], app[CONFIG] = sched, hub, cfg
     app[REGISTRY], app[PUBLIC_REGISTRY] = prom.registry_for(hub), prom.registry_for(hub, per_room=False)
     app.on_response_prepare.append(_harden_headers)
@@ -193,6 +312,7 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/offer", offer)
+    app.router.add_post("/triage/{room}", seal_triage)
     app.router.add_static("/static/", STATIC)
 
     async def start(app):

@@ -65,5 +65,5 @@ class RoomEncoder:
         if not data:
             return None
         packet = av.Packet(data)
-        packet.pts, packet.time_base = pts, TIME_BASE
+        packet.pts, packet.time_base, packet.is_keyframe = pts, TIME_BASE, key
         return packet

@@ -30,8 +30,11 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.model import start_session
+from worldlab.security import records as session_records
 from worldlab.security import safety
 from worldlab.security.ratelimit import TokenBucket
+from worldlab.security.ringbuffer import TriageStore
+from worldlab.security.watermark import Embedder, format_id
 from worldlab.transport import protocol
 from worldlab.transport.track import RoomTrack
 
@@ -63,7 +66,10 @@ class Room:
     good_since: float = field(default_factory=time.monotonic)
     born: float = field(default_factory=time.monotonic)
     persistent: bool = False  # widget rooms outlive their views; served rooms end with their player
+    tenant: str | None = None  # the access-token tenant that created the room (None: no auth)
+    triage: object = None  # its TriageBuffer (worldlab.security.ringbuffer), when the hub keeps them
     on_players_gone: object = None  # called when a persistent room's last steering peer is gone
+    watermark_id: int | None = None  # the 64-bit id hidden in this room's frames (None: no watermark)
     bad_reads: int = 0
     rate_drops: int = 0  # data-channel messages dropped by the rate limits
 
@@ -171,9 +177,12 @@ def _cap_sctp_messages(pc, limit: int, on_violation) -> bool:
 class PeerHub:
     def __init__(self, model, scheduler: Scheduler, *, codec: str = "vp8", fps: float = 30.0,
                  keyframe_interval_s: float = 0.75, seed: int = 0, stats_interval_s: float = 1.0,
-                 config: SessionConfig | None = None, ice_host: str | None = None):
+                 config: SessionConfig | None = None, ice_host: str | None = None,
+                 records: session_records.RecordStore | None = None, triage: TriageStore | None = None):
         """config: limits and timeouts (SessionConfig); ice_host: bind WebRTC's UDP sockets to this address
-        only (the HTTP host; None or a wildcard = every interface, aioice's default)."""
+        only (the HTTP host; None or a wildcard = every interface, aioice's default); records: where each new
+        room's signed session record is appended (None: no records); triage: keeps each room's encrypted
+        triage buffer, sealed on a safety flag or by `seal_triage` (None: no buffer)."""
         if codec not in MIME:
             raise ValueError(f"codec must be one of {tuple(MIME)}, got {codec!r}")
         self.cfg = config or SessionConfig()
@@ -183,10 +192,12 @@ class PeerHub:
         self.model, self.scheduler = model, scheduler
         self.codec, self.fps, self.kf = codec, fps, keyframe_interval_s
         self.seed = seed
+        self.triage = triage
         self.stats_interval = stats_interval_s
         self.ice_host = ice_bind_address(ice_host)
         if self.ice_host is not None and not _install_ice_host_hook():
             self.ice_host = None
+        self.records = records.prepare() if records is not None else None  # a bad key path fails now
         self._ctl_limits = {kind: TokenBucket(rate, burst) for kind, rate, burst in self.cfg.ctl_rate_limits}
         self.rooms: dict[str, Room] = {}
         self._creating: set[str] = set()  # room ids reserved by create_room while their session starts
@@ -196,15 +207,19 @@ class PeerHub:
 
     # -- offers --------------------------------------------------------------------------------
     async def offer(self, sdp: str, kind: str, *, room: str | None = None, prompt: str | None = None,
-                    role: str = "player", quality: str = "auto", join: bool = False) -> dict:
-        """join=True adds another steering view to an existing room (the widget displayed twice)."""
+                    role: str = "player", quality: str = "auto", join: bool = False,
+                    tenant: str | None = None) -> dict:
+        """join=True adds another steering view to an existing room (the widget displayed twice).
+        tenant: the caller's access-token tenant; only the room's own tenant may join it (403 wrong_tenant)."""
         if self.closed:
             raise OfferError(503, "shutting_down", "the server is shutting down")
         if role == "viewer" or (join and room in self.rooms):
             if room not in self.rooms:
                 raise OfferError(404, "unknown_room", f"no live room {room!r}")
+            if self.rooms[room].tenant != tenant:
+                raise OfferError(403, "wrong_tenant", f"room {room!r} belongs to another tenant")
             return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
-        r = await self.create_room(prompt, room=room, quality=quality)
+        r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant)
         try:
             return await self._answer(r, sdp, kind, viewer=False)
         except Exception:
@@ -212,7 +227,7 @@ class PeerHub:
             raise
 
     async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
-                          persistent: bool = False) -> Room:
+                          persistent: bool = False, tenant: str | None = None) -> Room:
         """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs).
 
         Without `room`, the id is random and unguessable. Raises OfferError 409 room_taken for a live (or
@@ -239,16 +254,31 @@ class PeerHub:
             raise OfferError(503, "shutting_down", "the server is shutting down")
         session = Session(state, prompt, fps_target=self.fps, room=room)
         r = Room(session.room, session, None, MediaRelay(), quality=quality, model=self.model,
-                 scheduler=self.scheduler, persistent=persistent)
+                 scheduler=self.scheduler, persistent=persistent, tenant=tenant)
+        r.watermark_id = secrets.randbits(64) if self.cfg.watermark else None
+        self._record(r)  # before the room exists: a failed write leaves nothing behind
         r.track = RoomTrack(session, codec=self.codec, keyframe_interval_s=self.kf,
                             on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
-                            frame_shape=tuple(self.model.frame_shape))
+                            frame_shape=tuple(self.model.frame_shape),
+                            watermark=None if r.watermark_id is None else Embedder(r.watermark_id,
+                                                                                   self.cfg.watermark_key))
+        if self.triage is not None:
+            r.triage = self.triage.buffer(session.id, self.codec)
+            r.track.on_packet = lambda p: r.triage.add_frame(bytes(p), p.pts, p.is_keyframe)
         if quality in ("low", "high"):
             r.track.set_rung(quality)
         self.rooms[r.id] = r
         self.scheduler.add(session)
         self._spawn(self._stats_loop(r))
         return r
+
+    def _record(self, room: Room) -> None:
+        """Append the room's signed session record (what `worldlab verify` finds by watermark id)."""
+        if self.records is None or room.watermark_id is None:
+            return
+        self.records.append(session_records.make_record(
+            room.session.id, format_id(room.watermark_id), room.id,
+            session_records.model_hash(self.model.describe()), tenant=room.tenant))
 
     async def switch_model(self, room: Room, model, scheduler) -> None:
         """Hot-switch a live room to another model variant, prefilled from its recent frames."""
@@ -354,12 +384,16 @@ class PeerHub:
         except protocol.ProtocolError as exc:
             if exc.code == "prompt_refused":
                 safety.REVIEW.flag(room.session.id, "prompt", str(exc))
+                self._record_input(room, {"type": "prompt_refused", "detail": str(exc)})
+                self._spawn(self.seal_triage(room, f"flag: {exc}"))
             self._send(channel, protocol.encode("error", code=exc.code, message=str(exc)))
             return
         if not self._ctl_limits[msg.type].allow(id(channel)):
             self._rate_limited(room, channel, msg.type)
             return
         s = room.session
+        if msg.type in ("action", "prompt"):
+            self._record_input(room, {"type": msg.type, "seq": msg.seq, **msg.body})
         if msg.type == "action":
             s.set_action(msg.body["keys"], msg.seq)
         elif msg.type == "prompt":
@@ -373,10 +407,24 @@ class PeerHub:
         elif msg.type == "report" and channel in room.channels:  # not one racing _drop_pc: it would stay
             room.reports[channel] = (time.monotonic(), msg.body)
 
+    @staticmethod
+    def _record_input(room: Room, message: dict) -> None:
+        if room.triage is not None:
+            room.triage.add_input({**message, "frame_id": room.session.frame_id})
+
+    async def seal_triage(self, room: Room, reason: str):
+        """Write the room's triage buffer to disk (still encrypted); the path, or None without a buffer."""
+        if room.triage is None or self.triage is None:
+            return None
+        path = await asyncio.get_running_loop().run_in_executor(None, self.triage.seal, room.triage, reason)
+        log.warning("triage buffer of session %s sealed to %s (%s)", room.session.id, path, reason)
+        return path
+
     def _rate_limited(self, room: Room, channel, kind: str) -> None:
         room.rate_drops += 1
         if room.rate_drops % self.cfg.rate_flag_every == 1:
             safety.REVIEW.flag(room.session.id, "rate", f"{kind} messages over the limit ({room.rate_drops} dropped)")
+            self._spawn(self.seal_triage(room, f"flag: {kind} rate"))
         self._send(channel, protocol.encode("error", code="rate_limited",
                                             message=f"too many {kind} messages; slow down"))
 

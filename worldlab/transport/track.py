@@ -1,8 +1,8 @@
 """RoomTrack: an aiortc video track paced by the session clock, fed from the latest-frame slot.
 
 recv() never runs the model: it waits for the next pacing instant, takes the newest frame (repeating the
-last one when the model is late), upscales it to the quality rung, encodes once (in a worker thread) and
-returns the packet; MediaRelay hands the same packet to the player and every spectator.
+last one when the model is late), upscales it to the quality rung, watermarks it, encodes once (in a worker
+thread) and returns the packet; MediaRelay hands the same packet to the player and every spectator.
 """
 
 from __future__ import annotations
@@ -25,11 +25,16 @@ class RoomTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, session: Session, *, codec: str = "vp8", keyframe_interval_s: float = 0.75,
-                 on_frame=None, frame_shape=(64, 64, 3)):
+                 on_frame=None, frame_shape=(64, 64, 3), watermark=None, on_packet=None):
+        """watermark: callable (H, W, 3) uint8 -> uint8 applied to each upscaled frame before encoding
+        (worldlab.security.watermark.Embedder for the session's id), or None. on_packet: callback(av.Packet)
+        for every encoded packet (the triage buffer), or None."""
         super().__init__()
         self.session = session
         self.encoder = RoomEncoder(codec, fps=session.fps_target, keyframe_interval_s=keyframe_interval_s)
         self.on_frame = on_frame  # callback(frame_id, pts, meta, emit_time) on the event loop
+        self.watermark = watermark
+        self.on_packet = on_packet
         self.rung = "high"
         self.frame_shape = frame_shape
         self.sent = 0
@@ -77,6 +82,8 @@ class RoomTrack(MediaStreamTrack):
         self._last = (frame, meta)
         scale, bitrate = RUNGS[self.rung]
         big = frame.repeat(scale, 0).repeat(scale, 1)  # nearest-neighbour: crisp pixels
+        if self.watermark is not None:
+            big = self.watermark(big)  # after upscaling: the mark is laid out on the frame that is encoded
         emit = time.monotonic()
         pts = int((emit - self.session.origin) * VIDEO_CLOCK)  # real-time jitter lets the page lock the RTP origin
         force, self._force_key = self._force_key, False
@@ -86,6 +93,8 @@ class RoomTrack(MediaStreamTrack):
         if packet is None:
             raise MediaStreamError
         self.session.metrics.event("bytes", packet.size)
+        if self.on_packet is not None:
+            self.on_packet(packet)
         if new:  # fps_actual counts new model frames only; repeats (a late model) do not count
             self.session.metrics.event("sent")
         self.sent += 1
