@@ -1,0 +1,18 @@
+"""A short run of benchmarks/impair_bench.py: over 2 % loss and 40 +- 10 ms each way a session keeps
+streaming and steering, and after a 3 s outage the same peer connection streams again without a new offer.
+The long run's figures are in README (Reliability and security)."""
+
+import pytest
+
+from benchmarks.impair_bench import measure
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def test_impaired_session_streams_steers_and_recovers_from_an_outage():
+    out = measure(seconds=6.0, outage_s=3.0)
+    impaired, outage, after = (out["phases"][k] for k in ("impaired", "outage", "after_outage"))
+    assert 1.0 <= impaired["datagram_loss_pct"] <= 4.0, out  # the impairment is really applied
+    assert impaired["fps"] >= 20 and outage["fps"] < 5, out
+    assert out["g2g_ms"]["n"] >= 5 and out["g2g_ms"]["p50"] > 80, out  # keys answered; 80 ms RTT is in it
+    assert out["recovered_after_outage_s"] < 10 and after["fps"] >= 20, out
