@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -46,7 +47,9 @@ class Impairment:
             return None
         return max(0.0, self.rng.gauss(self.delay, self.jitter))
 
-    def install(self) -> None:
+    @contextlib.contextmanager
+    def installed(self):
+        """Impair every aioice socket opened inside the block (then restore aioice as it was)."""
         imp, proto = self, aioice.ice.StunProtocol
         orig_received, orig_made = proto.datagram_received, proto.connection_made
 
@@ -62,7 +65,11 @@ class Impairment:
             def sendto(self, data, addr=None):
                 hold = imp._fate()
                 if hold is not None:
-                    asyncio.get_running_loop().call_later(hold, self._inner.sendto, data, addr)
+                    asyncio.get_running_loop().call_later(hold, self._send_later, data, addr)
+
+            def _send_later(self, data, addr):
+                if not self._inner.is_closing():  # the connection may have closed while it was held
+                    self._inner.sendto(data, addr)
 
             def __getattr__(self, name):
                 return getattr(self._inner, name)
@@ -72,6 +79,10 @@ class Impairment:
             self.transport = Transport(transport)
 
         proto.datagram_received, proto.connection_made = datagram_received, connection_made
+        try:
+            yield self
+        finally:
+            proto.datagram_received, proto.connection_made = orig_received, orig_made
 
 
 class Meter:
@@ -112,48 +123,48 @@ class Meter:
 
 async def run(seconds: float, outage_s: float, port: int, loss: float, delay_ms: float, jitter_ms: float) -> dict:
     imp = Impairment(loss=loss, delay_ms=delay_ms, jitter_ms=jitter_ms)
-    imp.install()
-    url = f"http://127.0.0.1:{port}/offer"
-    async with aiohttp.ClientSession() as http:
-        client = PeerClient(keep_frames=False)
-        meter = Meter(client)
+    with imp.installed():
+        url = f"http://127.0.0.1:{port}/offer"
+        async with aiohttp.ClientSession() as http:
+            client = PeerClient(keep_frames=False)
+            meter = Meter(client)
 
-        async def pull(track):  # count and time every decoded frame
-            while True:
-                try:
-                    f = await track.recv()
-                except Exception:
-                    return
-                client.n_frames += 1
-                meter.on_frame(f)
+            async def pull(track):  # count and time every decoded frame
+                while True:
+                    try:
+                        f = await track.recv()
+                    except Exception:
+                        return
+                    client.n_frames += 1
+                    meter.on_frame(f)
 
-        client._pull = pull
-        await client.connect_http(http, url)
-        await client.wait_for(lambda: client.n_frames >= 30, timeout=30)
-        phases = {}
+            client._pull = pull
+            await client.connect_http(http, url)
+            await client.wait_for(lambda: client.n_frames >= 30, timeout=30)
+            phases = {}
 
-        async def phase(name: str, dur: float, keys: bool = True):
-            n0, t0, drop0, sent0 = client.n_frames, time.monotonic(), imp.dropped, imp.sent
-            held = ["left", "right", "up", "down"]
-            while time.monotonic() - t0 < dur:
-                if keys:
-                    seq = client.send(type="action", keys=[held[int(time.monotonic() * 2) % 4]], t=0)
-                    meter.pending[seq] = time.monotonic()
-                await asyncio.sleep(0.25)
-                meter.resolve()
-            dt = time.monotonic() - t0
-            phases[name] = {"fps": round((client.n_frames - n0) / dt, 2), "seconds": round(dt, 1),
-                            "datagram_loss_pct": round(100 * (imp.dropped - drop0) / max(1, imp.sent - sent0), 2)}
+            async def phase(name: str, dur: float, keys: bool = True):
+                n0, t0, drop0, sent0 = client.n_frames, time.monotonic(), imp.dropped, imp.sent
+                held = ["left", "right", "up", "down"]
+                while time.monotonic() - t0 < dur:
+                    if keys:
+                        seq = client.send(type="action", keys=[held[int(time.monotonic() * 2) % 4]], t=0)
+                        meter.pending[seq] = time.monotonic()
+                    await asyncio.sleep(0.25)
+                    meter.resolve()
+                dt = time.monotonic() - t0
+                phases[name] = {"fps": round((client.n_frames - n0) / dt, 2), "seconds": round(dt, 1),
+                                "datagram_loss_pct": round(100 * (imp.dropped - drop0) / max(1, imp.sent - sent0), 2)}
 
-        await phase("impaired", seconds)
-        g2g = sorted(meter.g2g)
-        imp.outage_until = time.monotonic() + outage_s
-        await phase("outage", outage_s, keys=False)
-        t_back, n_back = time.monotonic(), client.n_frames
-        await client.wait_for(lambda: client.n_frames >= n_back + 10, timeout=30)
-        recovered_s = time.monotonic() - t_back
-        await phase("after_outage", min(10.0, seconds))
-        await client.close()
+            await phase("impaired", seconds)
+            g2g = sorted(meter.g2g)
+            imp.outage_until = time.monotonic() + outage_s
+            await phase("outage", outage_s, keys=False)
+            t_back, n_back = time.monotonic(), client.n_frames
+            await client.wait_for(lambda: client.n_frames >= n_back + 10, timeout=30)
+            recovered_s = time.monotonic() - t_back
+            await phase("after_outage", min(10.0, seconds))
+            await client.close()
     return {"impairment": {"loss_pct": 100 * loss, "delay_ms": delay_ms, "jitter_ms": jitter_ms, "each_way": True,
                            "outage_s": outage_s},
             "phases": phases, "g2g_ms": {"p50": float(np.percentile(g2g, 50)) if g2g else None,

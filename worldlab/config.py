@@ -5,7 +5,12 @@ Code reads numbers from here instead of scattering constants (see shared/CONVENT
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+import json
+import pathlib
+from dataclasses import dataclass, asdict, fields
+
+
+CODECS = ("vp8", "h264")  # video codecs a session may use (worldlab serve --codec)
 
 
 @dataclass(frozen=True)
@@ -13,7 +18,7 @@ class SessionConfig:
     """One live session: pacing, codec and quality ladder."""
 
     fps_target: float = 30.0
-    codec: str = "vp8"  # "vp8" | "h264"
+    codec: str = "vp8"  # one of CODECS
     keyframe_interval_s: float = 0.75
     quality: str = "auto"  # "auto" | "low" | "high"
     max_message_bytes: int = 4096  # one `ctl` message; bigger ones get a `too_large` error reply
@@ -29,8 +34,18 @@ class SessionConfig:
     max_sessions: int = 8  # live rooms (players) per server; the next offer gets 503 server_full
     max_viewers_per_room: int = 8  # spectators per room; the next gets 503 room_full
     # A peer that has not reached "connected" this long after its answer is dropped (and its room, for a
-    # player). Connected peers that vanish are caught by ICE consent freshness (aioice: ~30 s) -> "failed".
+    # player). Connected peers that vanish (network or DTLS dead, no goodbye) fail ICE consent freshness:
+    # `consent_failures` unanswered checks `consent_interval_s` apart (+-20 %, each check waits 0.5 s), about
+    # 10 s instead of aioice's 30 s; a 3 s outage (3 misses at most) survives.
     connect_timeout_s: float = 15.0
+    consent_interval_s: float = 1.5
+    consent_failures: int = 5
+    # Faults (worldlab.engine.scheduler, worldlab.transport.peer): a model call (step, recache) that takes
+    # longer is abandoned (~600x a tiny-model step on CPU: a loaded 2-core machine or a slow first call must
+    # never look like a stall; a real stall costs the sessions batched with it this long once); an ended
+    # session's peers get their `error` this long before the room closes.
+    step_timeout_s: float = 2.0
+    fault_grace_s: float = 0.25
     room_id_bytes: int = 16  # random bytes in a server-chosen room id (secrets.token_urlsafe)
     # Data-channel messages per peer connection (worldlab.security.ratelimit token buckets): (type, sustained
     # per second, burst). Over it: an `error` rate_limited and the message is dropped. The page sends an
@@ -57,6 +72,58 @@ class SessionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "SessionConfig":
+        """A SessionConfig from field name -> value; an unknown name or a value of the wrong type raises
+        ValueError naming the field and `source`."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of SessionConfig fields, got {type(values).__name__}")
+        types = {f.name: _FIELD_TYPES[f.type] for f in fields(cls)}
+        for name, value in values.items():
+            if name not in types:
+                raise ValueError(f"{source}: unknown field {name!r} (SessionConfig fields: {', '.join(types)})")
+            if not _is_a(value, types[name]):
+                raise ValueError(f"{source}: field {name!r} must be {types[name].__name__}, got {value!r}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:  # e.g. ctl_rate_limits rows that are not sequences
+            raise ValueError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path) -> "SessionConfig":
+        """`worldlab serve --config FILE`: a YAML (or JSON, a subset of it) mapping of field -> value; fields
+        left out keep their defaults. Unreadable or malformed files raise ValueError (one clear line)."""
+        import yaml
+
+        path = pathlib.Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"config {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {detail}") from None
+        return cls.from_dict({} if values is None else values, source=f"config {path}")
+
+
+# Field annotation (a string under `from __future__ import annotations`) -> the Python type a config file
+# value must have; int is accepted where a float is expected, a list where a tuple is.
+_FIELD_TYPES = {"float": float, "int": int, "str": str, "bool": bool, "tuple": tuple}
+
+
+def _is_a(value, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # True is an int to Python, never a number in a config file
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is tuple:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ with --auth) rooms need tokens signed by the keyring in --keys; SIGHUP reloads i
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 
 from worldlab.commands import add_toggle_arguments
-from worldlab.config import SessionConfig
+from worldlab.config import CODECS, SessionConfig
 
 
 def register(sub) -> None:
@@ -23,11 +24,15 @@ def register(sub) -> None:
     p.add_argument("--model", default="tiny", choices=["tiny", "oracle"],
                    help="tiny = the trained world model; oracle = the ground-truth environment (transport tests)")
     add_toggle_arguments(p)
-    p.add_argument("--codec", default="vp8", choices=["vp8", "h264"])
-    p.add_argument("--fps", type=float, default=d.fps_target)
-    p.add_argument("--max-sessions", type=int, default=d.max_sessions,
+    # The limits below default to None: unset, the --config file (or SessionConfig) decides; set, they win.
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON file of SessionConfig fields (limits, timeouts, rates); the flags below "
+                        "override it")
+    p.add_argument("--codec", default=None, choices=CODECS, help=f"default {d.codec}")
+    p.add_argument("--fps", type=float, default=None, help=f"default {d.fps_target:g}")
+    p.add_argument("--max-sessions", type=int, default=None,
                    help=f"live sessions (players) before new ones get 503 server_full (default {d.max_sessions})")
-    p.add_argument("--max-viewers", type=int, default=d.max_viewers_per_room,
+    p.add_argument("--max-viewers", type=int, default=None,
                    help=f"spectators per room before 503 room_full (default {d.max_viewers_per_room})")
     p.add_argument("--no-micro-batching", action="store_true", help="step sessions one by one (for comparison)")
     p.add_argument("--open", action="store_true", help="open the page in a browser if one is available")
@@ -131,19 +136,39 @@ def triage_store(args, cfg):
                           max_bytes=cfg.triage_max_bytes)
 
 
+# --flag -> the SessionConfig field it sets.
+FLAG_FIELDS = {"codec": "codec", "fps": "fps_target", "max_sessions": "max_sessions",
+               "max_viewers": "max_viewers_per_room"}
+
+
+def session_config(args) -> SessionConfig:
+    """The --config file (or the defaults) with the limit flags that were given laid over it."""
+    cfg = SessionConfig.from_file(args.config) if args.config else SessionConfig()
+    given = {name: getattr(args, flag) for flag, name in FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    return dataclasses.replace(cfg, **given)
+
+
+def _named(args, flag: str) -> str:
+    """How an error names a limit: by its flag when given, else by its config field."""
+    return f"--{flag.replace('_', '-')}" if getattr(args, flag) is not None else FLAG_FIELDS[flag]
+
+
 def check_args(args) -> SessionConfig:
     """Refuse bad start-up values with one clear line (ValueError) before anything loads."""
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
-    lo, hi = SessionConfig.fps_range
-    if not (math.isfinite(args.fps) and lo <= args.fps <= hi):
-        raise ValueError(f"--fps must be in [{lo:g}, {hi:g}], got {args.fps:g}")
-    if args.max_sessions < 1:
-        raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
-    if args.max_viewers < 0:
-        raise ValueError(f"--max-viewers must be 0 or more, got {args.max_viewers}")
-    return SessionConfig(fps_target=args.fps, codec=args.codec, max_sessions=args.max_sessions,
-                         max_viewers_per_room=args.max_viewers)
+    cfg = session_config(args)
+    lo, hi = cfg.fps_range
+    if not (math.isfinite(cfg.fps_target) and lo <= cfg.fps_target <= hi):
+        raise ValueError(f"{_named(args, 'fps')} must be in [{lo:g}, {hi:g}], got {cfg.fps_target:g}")
+    if cfg.max_sessions < 1:
+        raise ValueError(f"{_named(args, 'max_sessions')} must be at least 1, got {cfg.max_sessions}")
+    if cfg.max_viewers_per_room < 0:
+        raise ValueError(f"{_named(args, 'max_viewers')} must be 0 or more, "
+                         f"got {cfg.max_viewers_per_room}")
+    if cfg.codec not in CODECS:
+        raise ValueError(f"{_named(args, 'codec')} must be one of {CODECS}, got {cfg.codec!r}")
+    return cfg
 
 
 def build_model(args):
@@ -177,7 +202,7 @@ def run(args) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
     keyring = load_keyring(args)
     model = build_model(args)
-    app = build_app(model, codec=args.codec, fps=args.fps, micro_batching=not args.no_micro_batching,
+    app = build_app(model, codec=cfg.codec, fps=cfg.fps_target, micro_batching=not args.no_micro_batching,
                     host=args.host, config=cfg, keyring=keyring, allowed_hosts=allowed_hosts(args),
                     records=RecordStore(args.records), triage=triage_store(args, cfg))
     if keyring is not None:

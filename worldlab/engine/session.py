@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from worldlab.config import SessionConfig
 from worldlab.engine.metrics import Rolling
 from worldlab.engine.slot import LatestFrameSlot
@@ -41,7 +43,9 @@ class Session:
         self._pending_prompt: tuple[str, int] | None = None
         self.acks: list[tuple[int, int]] = []  # (seq, frame_id) for the transport to send
         self.closed = False
-        self.error: str | None = None
+        self.fault: tuple[str, str] | None = None  # (error code, message) of the fault that ended it
+        self.on_fault = None  # called once, from whichever thread hit the fault (the transport ends the room)
+        self.suspect = False  # caught in a stalled batch: the scheduler steps it alone from then on
         # The last frames and the keys that produced them: enough to prefill another model variant
         # (hot-switching weights / window / KV compression) without restarting the session.
         self.recent: collections.deque = collections.deque(maxlen=8)
@@ -84,9 +88,28 @@ class Session:
         if log is not None:
             log.append((meta.produced_at, meta.frame_id, meta.seq, meta.model_ms, meta.queue_ms))
 
+    def rebuild_state(self, model) -> Any:
+        """A new state of `model` prefilled from the recent frames and keys (hot switch, stall recovery)."""
+        recent = list(self.recent)
+        if len(recent) < 2:
+            raise ValueError("the session has not produced enough frames to rebuild its state yet")
+        state = model.init_state(self.prompt)
+        model.prefill(state, np.stack([f for f, _k in recent]), [k for _f, k in recent[1:]])
+        return state
+
     def record_ack(self, seq: int, frame_id: int) -> None:
         with self._lock:
             self.acks.append((seq, frame_id))
+
+    def fail(self, code: str, message: str) -> None:
+        """Mark a fatal fault (model_failed, model_stalled, encoder_failed); only the first one counts."""
+        with self._lock:
+            if self.fault is not None:
+                return
+            self.fault = (code, message)
+        self.slot.close()
+        if self.on_fault is not None:
+            self.on_fault()
 
     def close(self) -> None:
         self.closed = True

@@ -22,7 +22,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -36,6 +35,7 @@ from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.ringbuffer import TriageStore
 from worldlab.security.watermark import Embedder, format_id
 from worldlab.transport import protocol
+from worldlab.transport.consent import tighten_consent
 from worldlab.transport.track import RoomTrack
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,7 @@ class PeerHub:
         if quality in ("low", "high"):
             r.track.set_rung(quality)
         self.rooms[r.id] = r
+        self._watch_faults(r)
         self.scheduler.add(session)
         self._spawn(self._stats_loop(r))
         return r
@@ -285,18 +286,7 @@ class PeerHub:
         s = room.session
         if model is room.model:
             return
-        recent = list(s.recent)
-        if len(recent) < 2:
-            raise ValueError("the session has not produced enough frames to switch models yet")
-        frames = np.stack([f for f, _k in recent])
-        actions = [k for _f, k in recent[1:]]
-
-        def prefill():
-            state = model.init_state(s.prompt)
-            model.prefill(state, frames, actions)
-            return state
-
-        state = await asyncio.get_running_loop().run_in_executor(None, prefill)
+        state = await asyncio.get_running_loop().run_in_executor(None, s.rebuild_state, model)
         room.scheduler.detach(s)
         s.state, room.model, room.scheduler = state, model, scheduler
         scheduler.add(s)
@@ -337,6 +327,7 @@ class PeerHub:
                 _cap_sctp_messages(pc, self.cfg.sctp_max_message_bytes,
                                    lambda: self._refuse_oversized(room, pc, viewer))
             await pc.setLocalDescription(await pc.createAnswer())
+            tighten_consent(pc, self.cfg.consent_interval_s, self.cfg.consent_failures)
         except Exception as exc:  # aiortc raises many kinds on a malformed SDP; none of its text goes out
             log.info("offer for room %s refused: %s: %s", room.id, type(exc).__name__, exc)
             await self._drop_pc(room, pc, viewer)
@@ -519,6 +510,28 @@ class PeerHub:
                 await self._close_room(room)
             elif not room.pcs and room.on_players_gone is not None:
                 room.on_players_gone()
+
+    def _watch_faults(self, room: Room) -> None:
+        """Session.fail may run on the model worker: hop onto this loop to end the room."""
+        loop = asyncio.get_running_loop()
+
+        def on_fault():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: self._spawn(self._fail_room(room)))
+
+        room.session.on_fault = on_fault
+
+    async def _fail_room(self, room: Room) -> None:
+        """A fatal fault in the room's session (model_failed, model_stalled, encoder_failed): every peer
+        gets the `error`, then the room closes like one whose player left."""
+        if self.rooms.get(room.id) is not room:
+            return
+        code, message = room.session.fault
+        log.warning("room %s ends: %s", room.id, code)
+        for ch in list(room.channels):
+            self._send(ch, protocol.encode("error", code=code, message=message))
+        await asyncio.sleep(self.cfg.fault_grace_s)  # closing aborts SCTP at once: let the error go out first
+        await self._close_room(room)
 
     async def _close_room(self, room: Room) -> None:
         self.rooms.pop(room.id, None)

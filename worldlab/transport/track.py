@@ -8,6 +8,7 @@ thread) and returns the packet; MediaRelay hands the same packet to the player a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from worldlab.engine.session import Session
 from worldlab.transport.encoder import RoomEncoder
 
+log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 # Quality ladder: name -> (upscale factor of the native frame, target bitrate in bit/s).
 RUNGS = {"low": (2, 250_000), "high": (4, 800_000)}
@@ -68,7 +70,7 @@ class RoomTrack(MediaStreamTrack):
             await asyncio.sleep(0.001)
 
     async def recv(self):
-        if self.readyState != "live" or self.session.closed:
+        if self.readyState != "live" or self.session.closed or self.session.fault is not None:
             raise MediaStreamError
         await self._pace()
         period = 1.0 / self.session.fps_target
@@ -88,10 +90,8 @@ class RoomTrack(MediaStreamTrack):
         pts = int((emit - self.session.origin) * VIDEO_CLOCK)  # real-time jitter lets the page lock the RTP origin
         force, self._force_key = self._force_key, False
         t0 = time.perf_counter()
-        packet = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, big, pts, bitrate, force)
+        packet = await self._encode(big, pts, bitrate, force)
         self.session.metrics.add("encode_ms", (time.perf_counter() - t0) * 1000)
-        if packet is None:
-            raise MediaStreamError
         self.session.metrics.event("bytes", packet.size)
         if self.on_packet is not None:
             self.on_packet(packet)
@@ -100,4 +100,18 @@ class RoomTrack(MediaStreamTrack):
         self.sent += 1
         if self.on_frame is not None and meta is not None:
             self.on_frame(meta.frame_id, pts, meta, emit)
+        return packet
+
+    async def _encode(self, big, pts: int, bitrate: int, force: bool):
+        """The packet; a failed encode (an exception, or no packet where one is due) ends the session with
+        `encoder_failed`: its viewers are told and the room closes (re-opening would hide a broken codec)."""
+        try:
+            packet = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, big, pts, bitrate,
+                                                                      force)
+        except Exception as exc:
+            log.warning("encoder of session %s failed: %s: %s", self.session.id, type(exc).__name__, exc)
+            packet = None
+        if packet is None:
+            self.session.fail("encoder_failed", "the video encoder failed; the session has ended")
+            raise MediaStreamError
         return packet
