@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
 import multiprocessing
 import os
 import signal
-import socket
-import subprocess
+import pathlib
 import sys
 import tempfile
 import time
@@ -30,6 +28,9 @@ import aiohttp
 import psutil
 
 from worldlab.transport.client import PeerClient
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` runs too
+from benchmarks.serving import serving  # noqa: E402
 
 KINDS = ("closed", "killed", "mid_handshake", "no_candidates")
 # Limits of the server under test: all offers come from 127.0.0.1, so the per-IP offer limit is raised, and
@@ -43,43 +44,6 @@ WARMUP_SESSIONS = 200
 
 
 # -- the server under test -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def serving(workdir: str, config: dict):
-    """`worldlab serve --model oracle` on a free loopback port with `config` as its --config file; yields
-    (base url, its psutil.Process) and always stops it."""
-    cfg_path, log_path = os.path.join(workdir, "churn.json"), os.path.join(workdir, "serve.log")
-    with open(cfg_path, "w") as f:
-        json.dump(config, f)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--model", "oracle", "--port", str(port), "--no-triage",
-            "--records", os.path.join(workdir, "records"), "--config", cfg_path]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_listening(port, proc, log_path)
-        yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, log_path: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"worldlab serve is not listening on {port}; log tail:\n{open(log_path).read()[-2000:]}")
-
-
 async def health(http, base: str) -> dict:
     async with http.get(f"{base}/healthz") as r:
         return await r.json()
@@ -227,7 +191,7 @@ async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, c
 
 def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8,
         reap_timeout: float = 120.0) -> dict:
-    with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, serving(work, CHURN_CONFIG) as (base, proc):
+    with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, serving(work, config=CHURN_CONFIG) as (base, proc):
         return asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout))
 
 

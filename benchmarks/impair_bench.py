@@ -15,10 +15,8 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import random
-import socket
-import subprocess
+import pathlib
 import sys
 import tempfile
 import time
@@ -28,6 +26,9 @@ import aioice.ice
 import numpy as np
 
 from worldlab.transport.client import PeerClient
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` runs too
+from benchmarks.serving import serving  # noqa: E402
 
 
 class Impairment:
@@ -172,37 +173,10 @@ async def run(seconds: float, outage_s: float, port: int, loss: float, delay_ms:
             "recovered_after_outage_s": round(recovered_s, 2), "same_peer_connection": True}
 
 
-def serve(port: int, workdir: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--model", "oracle", "--port", str(port),
-            "--records", workdir, "--no-triage"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "XDG_CONFIG_HOME": workdir})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("worldlab serve did not start")
-
-
 def measure(seconds: float = 20.0, outage_s: float = 3.0, loss: float = 0.02, delay_ms: float = 40.0,
             jitter_ms: float = 10.0) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as work:
-        proc = serve(port, work)
-        try:
-            return asyncio.run(run(seconds, outage_s, port, loss, delay_ms, jitter_ms))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with tempfile.TemporaryDirectory() as work, serving(work) as (base, _proc):
+        return asyncio.run(run(seconds, outage_s, int(base.rsplit(":", 1)[1]), loss, delay_ms, jitter_ms))
 
 
 def main(argv=None) -> int:

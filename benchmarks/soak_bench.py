@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
+import pathlib
 import sys
 import tempfile
 import time
@@ -23,23 +21,10 @@ import psutil
 
 from worldlab.transport.client import PeerClient
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` runs too
+from benchmarks.serving import serving  # noqa: E402
+
 PROMPTS = ["a walk in the forest", "a snowy day", "a sunny desert", "a walk at night"]
-
-
-def start_server(port: int, workdir: str, model: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--model", model, "--port", str(port),
-            "--records", workdir, "--no-triage"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "XDG_CONFIG_HOME": workdir})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("worldlab serve did not start")
 
 
 def last_stats(client: PeerClient) -> dict:
@@ -83,19 +68,8 @@ def summarize(samples: list[dict]) -> dict:
 
 
 def measure(sessions: int = 4, minutes: float = 10.0, model: str = "tiny", sample_s: float = 10.0) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as work:
-        server = start_server(port, work, model)
-        try:
-            out = asyncio.run(soak(port, psutil.Process(server.pid), sessions, minutes * 60, sample_s))
-        finally:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with tempfile.TemporaryDirectory() as work, serving(work, model=model) as (base, proc):
+        out = asyncio.run(soak(int(base.rsplit(":", 1)[1]), proc, sessions, minutes * 60, sample_s))
     return {"sessions": sessions, "minutes": minutes, "model": model, **out}
 
 

@@ -177,3 +177,25 @@ async def test_live_session_feeds_its_buffer_and_a_flag_seals_it(tmp_path):
         n = sum(1 for _ in c.decode(video=0))
     first_key = next(i for i, f in enumerate(opened.frames) if f[2])
     assert n == len(opened.frames) - first_key
+
+
+async def test_triage_route_seals_on_request_and_refuses_bad_input(tmp_path):
+    from tests.server.test_hardening import client_offer, post, serving
+
+    store = rb.TriageStore.at(tmp_path / "t", seconds=10)
+    async with serving(triage=store) as c:
+        async with client_offer() as sdp:
+            status, ans, _ = await post(c, {"sdp": sdp, "type": "offer"})
+            assert status == 200
+            r = await c.post(f"/triage/{ans['room']}", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden"  # not loopback, no token
+            r = await c.post("/triage/no-such-room")
+            assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_room"
+            r = await c.post(f"/triage/{ans['room']}")
+            body = await r.json()
+            assert r.status == 200 and body["session"] and (tmp_path / "t" / body["file"]).is_file()
+    async with serving() as c:  # a server without triage buffers says so
+        async with client_offer() as sdp:
+            status, ans, _ = await post(c, {"sdp": sdp, "type": "offer"})
+            r = await c.post(f"/triage/{ans['room']}")
+            assert r.status == 409 and (await r.json())["error"]["code"] == "no_triage"
