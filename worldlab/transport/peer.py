@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
 import ipaddress
 import logging
 import re
@@ -172,6 +173,15 @@ def _cap_sctp_messages(pc, limit: int, on_violation) -> bool:
 
     sctp._receive_data_chunk = guarded
     return True
+
+
+def _release_native_memory() -> None:
+    """Hand freed native memory (codec, DTLS and SRTP buffers of closed rooms) back to the OS: glibc keeps
+    it in its arenas otherwise, and a churned server's RSS stays at its peak. No-op off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class PeerHub:
@@ -541,6 +551,8 @@ class PeerHub:
             room.pcs.discard(pc)
             self.pcs.discard(pc)
             await self._close_pc(pc)
+        if not self.rooms:
+            _release_native_memory()
 
     async def close(self) -> None:
         self.closed = True
