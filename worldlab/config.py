@@ -10,7 +10,8 @@ import pathlib
 from dataclasses import dataclass, asdict, fields
 
 
-CODECS = ("vp8", "h264")  # video codecs a session may use (worldlab serve --codec)
+CODECS = ("vp8", "h264")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")  # --host values that mean "every interface"  # video codecs a session may use (worldlab serve --codec)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ async def until(pred, timeout=10.0):
 
 
 def errors(client):
-    return [m["code"] for m in client.msgs if m["type"] == "error"]
+    return client.errors()
 
 
 # -- defect 1: a deeply nested message must not kill the session ----------------------------------------

@@ -12,7 +12,7 @@ import ipaddress
 import math
 
 from worldlab.commands import add_toggle_arguments
-from worldlab.config import CODECS, SessionConfig
+from worldlab.config import CODECS, WILDCARD_HOSTS, SessionConfig
 
 
 def register(sub) -> None:
@@ -53,7 +53,6 @@ def register(sub) -> None:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-WILDCARDS = ("", "0.0.0.0", "::", "*")
 
 
 def is_loopback(host: str) -> bool:
@@ -68,7 +67,7 @@ def allowed_hosts(args) -> list[str] | None:
     None (any name: a non-loopback server without --allow-host is reached by names we cannot guess)."""
     if not args.allow_host and not is_loopback(args.host):
         return None
-    extra = [] if args.host in WILDCARDS else [args.host]
+    extra = [] if args.host in WILDCARD_HOSTS else [args.host]
     return [*LOOPBACK_NAMES, *extra, *args.allow_host]
 
 
@@ -111,7 +110,7 @@ def page_url(args, room: str | None = None, token: str | None = None) -> str:
     import socket
     import urllib.parse
 
-    host = socket.gethostname() if args.host in WILDCARDS else args.host
+    host = socket.gethostname() if args.host in WILDCARD_HOSTS else args.host
     host = f"[{host}]" if ":" in host else host
     query = "?" + urllib.parse.urlencode({"room": room, "token": token}) if token else ""
     return f"http://{host}:{args.port}/{query}"

@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from worldlab.config import SessionConfig
+from worldlab.config import WILDCARD_HOSTS, SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.model import start_session
 from worldlab.security import records as session_records
@@ -105,7 +105,7 @@ def _install_ice_host_hook() -> bool:
 
 def ice_bind_address(host: str | None) -> str | None:
     """The address WebRTC should bind for an HTTP `host`: None (every interface) for a wildcard."""
-    if host in (None, "", "0.0.0.0", "::", "*"):
+    if host is None or host in WILDCARD_HOSTS:
         return None
     if host == "localhost":
         return "127.0.0.1"
