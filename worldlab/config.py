@@ -46,6 +46,13 @@ class SessionConfig:
     # never look like a stall; a real stall costs the sessions batched with it this long once); an ended
     # session's peers get their `error` this long before the room closes.
     step_timeout_s: float = 2.0
+    # A tick waits for a step at most max(batch_timeout_s, batch_timeout_factor x the slowest of the last 30
+    # steps) (3 frames at 30 fps): past it, the sessions in a batch are rebuilt from their recent frames and go
+    # on alone on their own threads (a stall costs the others that wait once); a session alone waits for its
+    # call in flight up to step_timeout_s. A suspect rejoins the batch after suspect_steps clean steps.
+    batch_timeout_s: float = 0.1
+    batch_timeout_factor: float = 5.0
+    suspect_steps: int = 90
     fault_grace_s: float = 0.25
     room_id_bytes: int = 16  # random bytes in a server-chosen room id (secrets.token_urlsafe)
     # Data-channel messages per peer connection (worldlab.security.ratelimit token buckets): (type, sustained

@@ -7,6 +7,7 @@ A fault ends only its own session (see `_step_group`; docs/streaming.md, Faults)
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
@@ -54,11 +55,16 @@ class _Runner:
 
 class Scheduler:
     def __init__(self, model, *, micro_batching: bool = True, name: str = "worldlab-model",
-                 step_timeout_s: float = SessionConfig.step_timeout_s):
+                 config: SessionConfig | None = None):
+        cfg = config or SessionConfig()
         self.model = model
         self.micro_batching = micro_batching
-        self.step_timeout_s = step_timeout_s
+        self.step_timeout_s, self.batch_timeout_s = cfg.step_timeout_s, cfg.batch_timeout_s
+        self.batch_timeout_factor, self.suspect_steps = cfg.batch_timeout_factor, cfg.suspect_steps
         self._runner: _Runner | None = None  # started with the worker
+        self._solo: dict[str, _Runner] = {}  # a runner per suspect session
+        self._inflight: dict[str, tuple] = {}  # session id -> (future, started, inputs) of an overrun call
+        self._recent_step_s: collections.deque = collections.deque(maxlen=30)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -80,6 +86,8 @@ class Scheduler:
             self._thread.join(timeout)
         if self._runner is not None:
             self._runner.stop()
+        for runner in list(self._solo.values()):
+            runner.stop()
         with self._lock:
             for s in self._sessions.values():
                 s.close()
@@ -104,6 +112,8 @@ class Scheduler:
         """Stop stepping a session without closing it (it moves to another model's scheduler)."""
         with self._lock:
             self._sessions.pop(session.id, None)
+        self._inflight.pop(session.id, None)  # its call's result, if it ever comes, is dropped
+        self._drop_solo(session)
 
     def sessions(self) -> list[Session]:
         with self._lock:
@@ -130,17 +140,31 @@ class Scheduler:
                 log.exception("scheduler tick failed")
 
     # -- faults --------------------------------------------------------------------------------
+    # Every model call runs on a runner thread and the tick waits for it only until a deadline: a thread cannot
+    # be killed, so an overrunning call is left to finish on its runner (a new runner takes over) and the
+    # sessions in it go on alone (`suspect`), each on its own runner, without holding up anyone else.
     def _call(self, fn, *args):
-        """fn(*args) on the runner thread; StepTimeout after step_timeout_s. A thread cannot be killed, so an
-        overrunning call is left to finish on the old runner (its result is dropped) and a new runner takes
-        over: the sessions not in that call keep their frame rate."""
+        """fn(*args) on the runner thread (recache, which is per session); StepTimeout after step_timeout_s."""
         future = self._runner.submit(fn, *args)
         try:
             return future.result(timeout=self.step_timeout_s)
         except FutureTimeout:
-            self._runner.stop()
-            self._runner = _Runner(f"{self._thread.name}-step")
+            self._runner = self._replace(self._runner)
             raise StepTimeout(f"{getattr(fn, '__name__', 'model call')} took over {self.step_timeout_s:g} s") from None
+
+    def _replace(self, runner: _Runner) -> _Runner:
+        runner.stop()
+        return _Runner(f"{self._thread.name}-step")
+
+    def _solo_runner(self, s: Session) -> _Runner:
+        if s.id not in self._solo:
+            self._solo[s.id] = _Runner(f"{self._thread.name}-{s.id}")
+        return self._solo[s.id]
+
+    def _drop_solo(self, s: Session) -> None:
+        runner = self._solo.pop(s.id, None)
+        if runner is not None:
+            runner.stop()
 
     def _fail(self, session: Session, exc: Exception) -> None:
         stalled = isinstance(exc, StepTimeout)
@@ -152,50 +176,105 @@ class Scheduler:
         else:
             session.fail("model_failed", "the model failed on this session; it has ended")
 
-    def _rebuild(self, sessions: list[Session]) -> None:
-        """A new state for each, prefilled from its recent frames (the hot-switch path)."""
-        for s in sessions:
-            try:
-                s.state = self._call(s.rebuild_state, self.model)
-                s.suspect = True
-            except Exception as exc:
-                self._fail(s, exc)
+    def _deadline_s(self, sessions: list[Session]) -> float:
+        """How long a tick waits for a step: the floor, or a multiple of the slowest recent step (a loaded
+        machine must not look like a stall: a split rebuilds its sessions from their last frames only).
+        step_timeout_s while the model warms up or a session has too few frames to be rebuilt."""
+        if len(self._recent_step_s) < 3 or any(len(s.recent) < 2 for s in sessions):
+            return self.step_timeout_s
+        return max(self.batch_timeout_s, self.batch_timeout_factor * max(self._recent_step_s))
 
-    def _step(self, due: list[Session], keys: list) -> tuple[list, list[float]]:
-        """One frame per due session (None where it failed) and the model time of each.
-        Micro-batching groups every session but the suspects (rebuilt after a stalled batch): they are
-        stepped alone, so a repeat stall ends the culprit only."""
+    def _step(self, due: list[Session], inputs: list) -> list:
+        """Start one call per group and wait for them until the deadline: the non-suspects in one batch
+        (micro-batching) or each alone, every suspect alone on its own runner (they run side by side).
+        Returns a frame per due session; None where it failed or its call is still in flight."""
         if self.micro_batching:
             groups = [[i for i, s in enumerate(due) if not s.suspect]] + [[i] for i, s in enumerate(due) if s.suspect]
         else:
             groups = [[i] for i in range(len(due))]
-        frames, per = [None] * len(due), [0.0] * len(due)
+        calls = []
         for group in filter(None, groups):
-            for i, frame, ms in zip(group, *self._step_group([due[i] for i in group], [keys[i] for i in group])):
-                frames[i], per[i] = frame, ms
-        return frames, per
+            sessions = [due[i] for i in group]
+            runner = self._runner if not sessions[0].suspect else self._solo_runner(sessions[0])
+            future = runner.submit(self.model.step, [s.state for s in sessions], [inputs[i][0] for i in group])
+            calls.append((group, sessions, runner, future))
+        t0, frames = time.perf_counter(), [None] * len(due)
+        for group, sessions, runner, future in calls:
+            try:
+                wait = t0 + self._deadline_s(sessions) - time.perf_counter()
+                out = list(future.result(timeout=max(0.0, wait)))
+            except FutureTimeout:
+                self._overran(sessions, [inputs[i] for i in group], runner, future, t0)
+                continue
+            except Exception as exc:
+                self._raised(sessions, [inputs[i] for i in group], exc, frames, group)
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            if len(sessions) > 1 or not sessions[0].suspect:
+                self._recent_step_s.append(ms / 1000)
+            for i, s, frame in zip(group, sessions, out):
+                frames[i] = (frame, ms)
+                s.suspect = max(0, s.suspect - 1)
+        return frames
 
-    def _step_group(self, group: list[Session], keys: list) -> tuple[list, list[float]]:
-        """A step that raises ends its session with `model_failed`, one that overruns the watchdog with
-        `model_stalled`. In a batch neither can be pinned on one session, so the batch is retried one
-        session at a time, after a stall on states rebuilt from recent frames (the old ones are in use)."""
-        t0 = time.perf_counter()
-        try:
-            frames = self._call(self.model.step, [s.state for s in group], keys)
-            return list(frames), [(time.perf_counter() - t0) * 1000] * len(group)
-        except StepTimeout as exc:
-            if len(group) == 1:
-                self._fail(group[0], exc)
-                return [None], [0.0]
-            log.warning("a batch of %d sessions stalled (%s): rebuilding them", len(group), exc)
-            self._rebuild(group)
-        except Exception as exc:
-            if len(group) == 1:
-                self._fail(group[0], exc)
-                return [None], [0.0]
-            log.warning("a batch of %d sessions failed (%s): stepping them one by one", len(group), exc)
-        alone = [self._step_group([s], [k]) if s.fault is None else ([None], [0.0]) for s, k in zip(group, keys)]
-        return [f[0] for f, _ in alone], [ms[0] for _, ms in alone]
+    def _raised(self, sessions, inputs, exc, frames, group) -> None:
+        """A step that raised: alone, its session ends with `model_failed`; in a batch the culprit is not
+        known, so the batch is stepped again one session at a time."""
+        if len(sessions) == 1:
+            self._fail(sessions[0], exc)
+            return
+        log.warning("a batch of %d sessions failed (%s): stepping them one by one", len(sessions), exc)
+        for i, s, inp in zip(group, sessions, inputs):
+            t0 = time.perf_counter()
+            try:
+                frame = self._call(self.model.step, [s.state], [inp[0]])[0]
+            except Exception as exc_one:
+                self._fail(s, exc_one)
+                continue
+            frames[i] = (frame, (time.perf_counter() - t0) * 1000)
+
+    def _overran(self, sessions, inputs, runner, future, t0: float) -> None:
+        """Past the deadline: the call goes on without us. Alone, the session waits for it in flight (its
+        frame is delivered late, or it ends with `model_stalled` after step_timeout_s). In a batch, whose
+        states that call still holds, each session is rebuilt from its recent frames and stepped alone."""
+        if runner is self._runner:
+            self._runner = self._replace(runner)
+        else:
+            self._solo.pop(sessions[0].id, None)
+            runner.stop()
+        if len(sessions) == 1:
+            sessions[0].suspect = self.suspect_steps
+            self._inflight[sessions[0].id] = (future, t0, inputs[0])
+            return
+        log.warning("a batch of %d sessions overran %.0f ms: stepping them alone", len(sessions),
+                    self._deadline_s(sessions) * 1000)
+        for s, inp in zip(sessions, inputs):
+            s.suspect = self.suspect_steps
+            solo = self._solo_runner(s)
+            self._inflight[s.id] = (solo.submit(self._rebuild_and_step, s, inp[0]), t0, inp)
+
+    def _rebuild_and_step(self, s: Session, keys) -> list:
+        """On the session's own runner: a new state prefilled from its recent frames (the old one is held by
+        the abandoned call), then its step."""
+        s.state = s.rebuild_state(self.model)
+        return self.model.step([s.state], [keys])
+
+    def _settle(self, s: Session, inflight: tuple) -> tuple | None:
+        """A due session whose call is in flight: (frame, ms, inputs) once the call is done, None while it runs;
+        past step_timeout_s it ends with `model_stalled` (and its runner is abandoned)."""
+        future, t0, inp = inflight
+        waited = time.perf_counter() - t0
+        if future.done():
+            self._inflight.pop(s.id, None)
+            try:
+                return future.result()[0], waited * 1000, inp
+            except Exception as exc:
+                self._fail(s, exc)
+                return None
+        if waited > self.step_timeout_s:
+            self.detach(s)
+            self._fail(s, StepTimeout(f"step took over {self.step_timeout_s:g} s"))
+        return None
 
     def _recache(self, s: Session, prompt: str) -> bool:
         t0 = time.perf_counter()
@@ -211,25 +290,38 @@ class Scheduler:
     # -- one tick ------------------------------------------------------------------------------
     def _tick(self, due: list[Session]) -> None:
         tick_start = time.monotonic()
-        inputs = []
+        inputs, settled = [], []
         for s in due:
+            if (inflight := self._inflight.get(s.id)) is not None:  # its inputs wait (keys held, prompt pending)
+                if (done := self._settle(s, inflight)) is not None:
+                    settled.append((s, done))
+                continue
             keys, seq, queue_ms, prompt, had_input = s.take_inputs(tick_start)
             if prompt is None or self._recache(s, prompt[0]):
-                inputs.append((s, keys, seq, queue_ms, had_input))
-        due = [i[0] for i in inputs]
-        frames, per = self._step(due, [i[1] for i in inputs])
-        done = time.monotonic()
+                inputs.append((keys, seq, queue_ms, had_input))
+                settled.append((s, None))
+        stepping = [s for s, done in settled if done is None]
+        frames = iter(self._step(stepping, inputs))
+        done_at = time.monotonic()
         self.ticks += 1
-        self.batch_sizes.append(len(due))
+        self.batch_sizes.append(len(stepping))
         del self.batch_sizes[:-1000]
-        for frame, ms, (s, keys, seq, queue_ms, had_input) in zip(frames, per, inputs):
-            if frame is not None:  # None: the session failed
-                self._deliver(s, frame, keys, FrameMeta(s.frame_id + 1, seq, done, ms, queue_ms), had_input)
+        fresh = iter(inputs)
+        for s, late in settled:
+            if late is None:
+                result = next(frames)
+                frame, ms = result if result is not None else (None, 0.0)
+                keys, seq, queue_ms, had_input = next(fresh)
+            else:
+                frame, ms, (keys, seq, queue_ms, had_input) = late
+            if frame is not None and s.fault is None:
+                self._deliver(s, frame, keys, FrameMeta(s.frame_id + 1, seq, done_at, ms, queue_ms), had_input)
+        for s in due:
             period = 1.0 / s.fps_target
             s.next_due += period
-            if s.next_due < done - period:  # fell more than a frame behind: skip ahead, don't burst
+            if s.next_due < done_at - period:  # fell more than a frame behind: skip ahead, don't burst
                 s.metrics.event("late_ticks")
-                s.next_due = math.ceil(done / period) * period
+                s.next_due = math.ceil(done_at / period) * period
 
     @staticmethod
     def _deliver(s: Session, frame, keys, meta: FrameMeta, had_input: bool) -> None:

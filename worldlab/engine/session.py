@@ -45,7 +45,7 @@ class Session:
         self.closed = False
         self.fault: tuple[str, str] | None = None  # (error code, message) of the fault that ended it
         self.on_fault = None  # called once, from whichever thread hit the fault (the transport ends the room)
-        self.suspect = False  # caught in a stalled batch: the scheduler steps it alone from then on
+        self.suspect = 0  # caught in an overrun call: steps it is stepped alone before rejoining the batch
         # The last frames and the keys that produced them: enough to prefill another model variant
         # (hot-switching weights / window / KV compression) without restarting the session.
         self.recent: collections.deque = collections.deque(maxlen=8)

@@ -301,7 +301,7 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     app[KEYRING] = keyring
     app[ALLOWED_HOSTS] = None if allowed_hosts is None else frozenset(filter(None, map(host_name, allowed_hosts)))
     app[OFFER_LIMIT] = TokenBucket(cfg.offer_rate_per_s, cfg.offer_burst, max_keys=cfg.rate_limit_max_keys)
-    sched = Scheduler(model, micro_batching=micro_batching, step_timeout_s=cfg.step_timeout_s)
+    sched = Scheduler(model, micro_batching=micro_batching, config=cfg)
     hub = PeerHub(model, sched, codec=codec, fps=fps, seed=seed, config=cfg, ice_host=host, records=records,
                   triage=triage)
     app[SCHED], app[HUB], app[CONFIG] = sched, hub, cfg
