@@ -18,9 +18,9 @@ from tests.transport.test_hardening import hub_on, until
 pytestmark = pytest.mark.timeout(60)
 MIN_FPS = 25.0  # the bystander's new frames per second, over every 1 s window (target 30)
 STEP_TIMEOUT_S = 1.0  # the stall watchdog in these tests (a session alone; the default is 2 s)
-# In the second of a stall the bystander also waits out the batch deadline once (0.1 s): 30 fps less 3
-# frames, less the 2 an ordinary second can lose on 2 shared cores.
-MIN_FPS_STALL = 24.0
+# In the second of a stall the bystander also waits out the batch deadline once (0.1 s) and its rebuild:
+# 30 fps less 3-5 frames (24-27 measured), less the 2 an ordinary second can lose on 2 loaded cores.
+MIN_FPS_STALL = 22.0
 
 
 class FaultyModel:
