@@ -5,8 +5,10 @@ WORLDLAB_KERNELS=reference|triton|auto (default auto: Triton when the tensor is 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from types import ModuleType
 
 import torch
 
@@ -36,6 +38,12 @@ def backend(x: torch.Tensor | None = None) -> str:
         return "triton"
     on_cuda = x.is_cuda if x is not None else torch.cuda.is_available()
     return "triton" if (on_cuda and has_triton()) else "reference"
+
+
+def implementation(kernel: str, x: torch.Tensor | None = None) -> ModuleType:
+    """The module that runs `kernel` (nvfp4 | fp8 | linear | kv_cache) for a call on `x`: its triton_kernels
+    (imported only when chosen, so the package loads without triton) or its pure-torch reference."""
+    return importlib.import_module(f"worldlab.kernels.{kernel}.{'triton_kernels' if backend(x) == 'triton' else 'reference'}")
 
 
 def is_blackwell(device: torch.device) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worldlab.kernels.dispatch import backend
+from worldlab.kernels.dispatch import implementation
 from worldlab.kernels.errors import check_finite, check_float
 from worldlab.kernels.fp8 import reference
 
@@ -36,11 +36,7 @@ def quantize(x: torch.Tensor) -> FP8Tensor:
     """Per-row (last dim) E4M3 quantization of finite float input."""
     check_float("x", x)
     check_finite("x", x)
-    if backend(x) == "triton":
-        from worldlab.kernels.fp8 import triton_kernels as impl
-    else:
-        impl = reference
-    bits, scale = impl.quantize(x)
+    bits, scale = implementation("fp8", x).quantize(x)
     return FP8Tensor(bits.view(torch.float8_e4m3fn), scale)
 
 

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from worldlab.kernels.nvfp4.triton_kernels import E4M3_MAX, E4M3_MIN_NORMAL  # format.py's, as constexpr
+
 
 @triton.jit
 def e4m3_rne_byte(v):
@@ -20,7 +22,7 @@ def e4m3_rne_byte(v):
     # Below 2^-6 the grid step is 2^-9: adding 2^23 makes fp32 round a*512 to an integer (RNE);
     # a result of 8 is exactly the smallest normal, whose byte is also 8.
     sub = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
-    byte = tl.where(a < 0.015625, sub, normal)
+    byte = tl.where(a < E4M3_MIN_NORMAL, sub, normal)
     neg = (v.to(tl.int32, bitcast=True) < 0).to(tl.int32)
     return byte | (neg << 7)
 
@@ -34,13 +36,13 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, BLOCK_K: tl.constexpr):
         x = tl.load(x_ptr + row * K + cols, mask=cols < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
     m = tl.max(amax, axis=0)
-    scale = tl.where(m > 0, tl.div_rn(m, 448.0), 1.0)
+    scale = tl.where(m > 0, tl.div_rn(m, E4M3_MAX), 1.0)
     recip = tl.div_rn(1.0, scale)
     tl.store(scale_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * K + cols, mask=cols < K, other=0.0).to(tl.float32)
-        v = tl.minimum(tl.maximum(x * recip, -448.0), 448.0)
+        v = tl.minimum(tl.maximum(x * recip, -E4M3_MAX), E4M3_MAX)
         tl.store(out_ptr + row * K + cols, e4m3_rne_byte(v).to(tl.uint8), mask=cols < K)
 
 

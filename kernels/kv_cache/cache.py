@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from worldlab.kernels.dispatch import backend
+from worldlab.kernels import fp8, nvfp4
+from worldlab.kernels.dispatch import implementation
 from worldlab.kernels.errors import check_finite, check_float
 from worldlab.kernels.nvfp4 import reference as nvfp4_ref
-from worldlab.kernels.nvfp4.format import BLOCK, E2M1_MAX, E4M3_MAX, e4m3_lut
+from worldlab.kernels.nvfp4.format import BLOCK, PER_TENSOR_DIVISOR, e4m3_lut
 
 KINDS = ("none", "fp8", "nvfp4")
 
@@ -83,15 +84,15 @@ class KVCache:
         if self.kind == "none":
             buf[0][:, :, slot] = x.to(self.dtype)
             return
-        amax = x.abs().amax(dim=(-2, -1))  # (B, H): one scale per head per frame
-        if self.kind == "fp8":
-            scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-            q = torch.clamp(x * (1.0 / scale)[..., None, None], -E4M3_MAX, E4M3_MAX)
-            buf[0][:, :, slot] = q.to(torch.float8_e4m3fn).view(torch.uint8)
-            buf[1][:, :, slot] = scale
+        # One scale per head per frame, written through the dispatched quantizers (Triton on CUDA).
+        if self.kind == "fp8":  # per-row FP8 over the frame's T*D values is exactly that scale
+            q = fp8.quantize(x.reshape(self.B, self.H, self.T * self.D))
+            buf[0][:, :, slot] = q.data.view(torch.uint8).reshape(x.shape)
+            buf[1][:, :, slot] = q.scale[..., 0]
             return
-        pts = torch.where(amax > 0, amax / (E2M1_MAX * E4M3_MAX), torch.ones_like(amax))
-        packed, scales = nvfp4_ref.quantize(x, pts[..., None, None])
+        amax = x.abs().amax(dim=(-2, -1))  # (B, H)
+        pts = torch.where(amax > 0, amax / PER_TENSOR_DIVISOR, torch.ones_like(amax))
+        packed, scales = nvfp4.quantize_rows(x, pts[..., None])
         buf[0][:, :, slot] = packed
         buf[1][:, :, slot] = scales
         buf[2][:, :, slot] = pts
@@ -129,11 +130,7 @@ class KVCache:
         if slopes is not None and tuple(slopes.shape) != (self.H,):
             raise ValueError(f"slopes must have shape ({self.H},), got {tuple(slopes.shape)}")
         q_frame = self.last_frame if q_frame is None else int(q_frame)
-        if backend(q) == "triton":
-            from worldlab.kernels.kv_cache import triton_kernels as impl
-        else:
-            from worldlab.kernels.kv_cache import reference as impl
-        return impl.attend(self, q.to(torch.float32), q_frame, slopes)
+        return implementation("kv_cache", q).attend(self, q.to(torch.float32), q_frame, slopes)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def reset(self) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worldlab.kernels import fp8, nvfp4
-from worldlab.kernels.dispatch import backend
+from worldlab.kernels.dispatch import implementation
 from worldlab.kernels.errors import check_block_multiple, check_finite, check_float
 from worldlab.kernels.nvfp4.format import BLOCK
 
@@ -129,10 +129,7 @@ def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | 
     x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)
     if qw.inv_smooth is not None:
         x2 = x2 * qw.inv_smooth
-    if backend(x2) == "triton":
-        from worldlab.kernels.linear import triton_kernels as impl
-    else:
-        from worldlab.kernels.linear import reference as impl
+    impl = implementation("linear", x2)
     y = impl.w4a4_matmul(x2, qw) if qw.fmt == "nvfp4" else impl.w8a8_matmul(x2, qw)
     if qw.lr_down is not None:
         y = y + (x2 @ qw.lr_down.t()) @ qw.lr_up.t()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worldlab.kernels.dispatch import backend
+from worldlab.kernels.dispatch import implementation
 from worldlab.kernels.errors import check_block_multiple, check_finite, check_float
 from worldlab.kernels.nvfp4 import reference
 from worldlab.kernels.nvfp4.format import BLOCK, BYTES_PER_ELEMENT
@@ -34,14 +34,6 @@ class NVFP4Tensor:
         return dequantize(self, dtype)
 
 
-def _impl(x: torch.Tensor):
-    if backend(x) == "triton":
-        from worldlab.kernels.nvfp4 import triton_kernels
-
-        return triton_kernels
-    return reference
-
-
 def _check_pts(per_tensor_scale) -> torch.Tensor:
     pts = torch.as_tensor(per_tensor_scale, dtype=torch.float32)
     if pts.numel() != 1:
@@ -58,8 +50,21 @@ def quantize(x: torch.Tensor, per_tensor_scale=None) -> NVFP4Tensor:
     check_finite("x", x)
     pts = reference.per_tensor_scale(x) if per_tensor_scale is None else _check_pts(per_tensor_scale)
     pts = pts.to(x.device)
-    packed, scales = _impl(x).quantize(x, pts)
+    packed, scales = implementation("nvfp4", x).quantize(x, pts)
     return NVFP4Tensor(packed, scales, pts)
+
+
+def quantize_rows(x: torch.Tensor, row_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like quantize, but each row (..., K) has its own fp32 second-level scale, row_scales of shape
+    x.shape[:-1] (or broadcastable to it): the KV cache's per-(batch, head, frame) scales. Returns the
+    packed codes and scale bytes; the caller keeps row_scales."""
+    check_float("x", x)
+    check_block_multiple("x", x, BLOCK)
+    check_finite("x", x)
+    rows = torch.as_tensor(row_scales, dtype=torch.float32, device=x.device).expand(x.shape[:-1])
+    if not bool(torch.isfinite(rows).all()) or bool((rows <= 0).any()):
+        raise ValueError("row_scales must be finite and > 0")
+    return implementation("nvfp4", x).quantize(x, rows[..., None])
 
 
 def dequantize(t: NVFP4Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -70,7 +75,7 @@ def dequantize(t: NVFP4Tensor, dtype=torch.float32) -> torch.Tensor:
         raise ValueError(f"t.packed and t.scales must be uint8, got {t.packed.dtype} and {t.scales.dtype}")
     if t.scales.shape[-1] * BLOCK != t.packed.shape[-1] * 2:
         raise ValueError(f"t.scales.shape {tuple(t.scales.shape)} does not match t.packed.shape {tuple(t.packed.shape)}")
-    return _impl(t.packed).dequantize(t.packed, t.scales, t.per_tensor_scale, dtype)
+    return implementation("nvfp4", t.packed).dequantize(t.packed, t.scales, t.per_tensor_scale, dtype)
 
 
-__all__ = ["NVFP4Tensor", "quantize", "dequantize", "BLOCK", "BYTES_PER_ELEMENT"]
+__all__ = ["NVFP4Tensor", "quantize", "quantize_rows", "dequantize", "BLOCK", "BYTES_PER_ELEMENT"]

@@ -9,7 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
+from worldlab.kernels.nvfp4 import format as fmt
 from worldlab.kernels.nvfp4.format import BLOCK, e2m1_lut, e4m3_lut
+
+# The format's constants (format.py is the one definition); Triton reads globals only as constexpr.
+E2M1_MAX = tl.constexpr(fmt.E2M1_MAX)
+E4M3_MAX = tl.constexpr(fmt.E4M3_MAX)
+E4M3_MIN_NORMAL = tl.constexpr(fmt.E4M3_MIN_NORMAL)
+MID0, MID1, MID2, MID3, MID4, MID5, MID6 = (tl.constexpr(m) for m in fmt.E2M1_MIDPOINTS)
 
 
 @triton.jit
@@ -27,16 +34,17 @@ def e4m3_rne_bits(s):
 def e2m1_code(v):
     """fp32 v in [-6, 6] -> E2M1 code (int32 0..15), ties to even, sign from the sign bit."""
     a = tl.abs(v)
-    code = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-    code += (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-    code += (a > 5.0).to(tl.int32)
+    # ">" below an even code, ">=" below an odd one: format.E2M1_MIDPOINT_INCLUSIVE.
+    code = (a > MID0).to(tl.int32) + (a >= MID1).to(tl.int32) + (a > MID2).to(tl.int32)
+    code += (a >= MID3).to(tl.int32) + (a > MID4).to(tl.int32) + (a >= MID5).to(tl.int32)
+    code += (a > MID6).to(tl.int32)
     neg = (v.to(tl.int32, bitcast=True) < 0).to(tl.int32)
     return code | (neg << 3)
 
 
 @triton.jit
 def _quantize_kernel(x_ptr, packed_ptr, scales_ptr, pts_ptr, M, K,
-                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PTS_PER_ROW: tl.constexpr):
     # One program quantizes a (BLOCK_M, BLOCK_K) tile; even and odd elements are loaded separately so
     # that packing is one shift-or with no interleave.
     pid_m = tl.program_id(0)
@@ -49,17 +57,20 @@ def _quantize_kernel(x_ptr, packed_ptr, scales_ptr, pts_ptr, M, K,
     base = x_ptr + rows[:, None].to(tl.int64) * K + 2 * pcols[None, :]
     xe = tl.load(base, mask=mask, other=0.0).to(tl.float32)  # (BM, HALF)
     xo = tl.load(base + 1, mask=mask, other=0.0).to(tl.float32)
-    pts = tl.load(pts_ptr)
+    if PTS_PER_ROW:  # the KV cache: one second-level scale per row
+        pts = tl.load(pts_ptr + rows, mask=rows < M, other=1.0)[:, None]
+    else:
+        pts = tl.load(pts_ptr)
     amax_e = tl.max(tl.reshape(tl.abs(xe), (BLOCK_M, NB, 8)), axis=2)
     amax_o = tl.max(tl.reshape(tl.abs(xo), (BLOCK_M, NB, 8)), axis=2)
     amax = tl.maximum(amax_e, amax_o)  # (BM, NB)
-    s = tl.div_rn(tl.div_rn(amax, 6.0), pts)
-    s = tl.minimum(tl.maximum(s, 0.015625), 448.0)
+    s = tl.div_rn(tl.div_rn(amax, E2M1_MAX), pts)
+    s = tl.minimum(tl.maximum(s, E4M3_MIN_NORMAL), E4M3_MAX)
     sbyte, sq = e4m3_rne_bits(s)
     recip = tl.div_rn(tl.div_rn(1.0, pts), sq)  # (BM, NB)
     recip = tl.reshape(tl.broadcast_to(recip[:, :, None], (BLOCK_M, NB, 8)), (BLOCK_M, HALF))
-    ce = e2m1_code(tl.minimum(tl.maximum(xe * recip, -6.0), 6.0))
-    co = e2m1_code(tl.minimum(tl.maximum(xo * recip, -6.0), 6.0))
+    ce = e2m1_code(tl.minimum(tl.maximum(xe * recip, -E2M1_MAX), E2M1_MAX))
+    co = e2m1_code(tl.minimum(tl.maximum(xo * recip, -E2M1_MAX), E2M1_MAX))
     byte = (ce | (co << 4)).to(tl.uint8)
     tl.store(packed_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :], byte, mask=mask)
     scols = pid_k * NB + tl.arange(0, NB)
@@ -102,9 +113,11 @@ def quantize(x: torch.Tensor, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     M = x2.shape[0]
     packed = torch.empty((M, K // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty((M, K // BLOCK), dtype=torch.uint8, device=x.device)
-    pts_t = pts.reshape(1).to(device=x.device, dtype=torch.float32)
+    per_row = pts.numel() != 1  # a scalar, or one per row shaped (..., 1) like the reference takes
+    pts_t = (pts.expand(*x.shape[:-1], 1) if per_row else pts).reshape(-1)
+    pts_t = pts_t.to(device=x.device, dtype=torch.float32).contiguous()
     grid = (triton.cdiv(M, _TILE_M), triton.cdiv(K, _TILE_K))
-    _quantize_kernel[grid](x2, packed, scales, pts_t, M, K, BLOCK_M=_TILE_M, BLOCK_K=_TILE_K)
+    _quantize_kernel[grid](x2, packed, scales, pts_t, M, K, BLOCK_M=_TILE_M, BLOCK_K=_TILE_K, PTS_PER_ROW=per_row)
     lead = x.shape[:-1]
     return packed.reshape(*lead, K // 2), scales.reshape(*lead, K // BLOCK)
 

@@ -109,3 +109,32 @@ def test_compressed_attention_accuracy(kind):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["fp8", "nvfp4"])
+@pytest.mark.parametrize("case", CASES)
+def test_writes_go_through_the_dispatched_quantizers(kind, case, monkeypatch):
+    """The cache compresses on write with whichever backend dispatch picks: the Triton quantizers (as on
+    CUDA; interpreted here) store exactly the bytes of the reference, and are the ones called."""
+    import worldlab.kernels.fp8 as fp8_mod
+    import worldlab.kernels.nvfp4 as nvfp4_mod
+    from worldlab.kernels.dispatch import implementation
+
+    used = []
+
+    def spy(kernel, x=None):
+        module = implementation(kernel, x)
+        used.append(module.__name__)
+        return module
+
+    for mod in (fp8_mod, nvfp4_mod):
+        monkeypatch.setattr(mod, "implementation", spy)
+    stored = {}
+    for impl in ("reference", "triton"):
+        monkeypatch.setenv("WORLDLAB_KERNELS", impl)
+        used.clear()
+        c = filled(kind, *case, seed=11)
+        stored[impl] = [t.clone() for side in ("k", "v") for t in c.store[side]]
+        assert used == [f"worldlab.kernels.{kind}.{'triton_kernels' if impl == 'triton' else 'reference'}"] * (2 * case[-1])
+    assert all(torch.equal(a, b) for a, b in zip(stored["reference"], stored["triton"]))

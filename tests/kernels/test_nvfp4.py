@@ -135,3 +135,26 @@ def test_lut_tables_pin_special_values():
     e4 = fmt.e4m3_lut()
     assert e4[0x38] == 1.0 and e4[0x08] == 2.0**-6 and e4[0x7E] == 448.0 and e4[0x01] == 2.0**-9
     assert torch.isnan(e4[0x7F]) and torch.isnan(e4[0xFF]) and e4[0xB8] == -1.0
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES)
+def test_triton_per_row_scales_are_bit_exact(shape):
+    """quantize_rows (the KV cache's one scale per row): Triton == reference, zero rows included."""
+    from worldlab.kernels.nvfp4 import triton_kernels
+
+    torch.manual_seed(7 + sum(shape))
+    x = torch.randn(*shape) * torch.logspace(-2, 2, shape[-1])
+    x.reshape(-1, shape[-1])[::3] = 0.0  # every third row is empty: its scale is 1, its codes 0
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    rows = torch.where(amax > 0, amax / 2688.0, torch.ones_like(amax))  # (..., 1)
+    p_ref, s_ref = reference.quantize(x, rows)
+    p_tri, s_tri = triton_kernels.quantize(x, rows)
+    assert torch.equal(p_ref, p_tri) and torch.equal(s_ref, s_tri)
+    assert torch.equal(reference.dequantize(p_ref, s_ref, rows), reference.dequantize(p_tri, s_tri, rows))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3), torch.tensor([1.0, float("nan"), 1.0])])
+def test_quantize_rows_refuses_bad_scales(bad):
+    with pytest.raises(ValueError, match="row_scales must be finite and > 0"):
+        nvfp4.quantize_rows(torch.ones(3, 16), bad)
