@@ -24,11 +24,14 @@ browser-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# The Triton kernels compile and run on a CUDA GPU; the interpreter runs them on CPU only where there is none.
+INTERPRET = TRITON_INTERPRET=$$($(BIN)/python -c "import torch; print(0 if torch.cuda.is_available() else 1)")
+
 test: $(STAMP) browser-deps
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra
+	$(INTERPRET) $(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -ra -m "not browser and not slow"
+	$(INTERPRET) $(BIN)/python -m pytest -q -ra -m "not browser and not slow"
 
 lab: $(STAMP)
 	$(BIN)/worldlab lab
