@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def serving(workdir: str, model: str = "oracle", config: dict | None = None):
         _wait_listening(port, proc, log_path)
         yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # SIGTERM drains for up to drain_deadline_s; SIGINT stops now
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:

@@ -23,6 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.browser_support import chromium_browser, free_port, running  # noqa: E402
+from worldlab.engine.metrics import percentiles  # noqa: E402
 
 BUDGET = {"capture_ms": "20-40", "model_ms": "16-33", "encode_ms": "8-20", "network_ms": "60-120",
           "decode_ms": "20-40", "g2g_ms": "< 400"}
@@ -30,10 +31,7 @@ KEYS = ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp"]
 
 
 def pcts(values) -> dict:
-    a = np.array([v for v in values if v is not None], dtype=float)
-    if not len(a):
-        return {"p50": None, "p95": None, "n": 0}
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "n": int(len(a))}
+    return percentiles([v for v in values if v is not None], (50, 95))
 
 
 def serve_argv(port: int, model: str, extra=()) -> list[str]:

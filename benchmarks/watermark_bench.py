@@ -22,29 +22,30 @@ from worldlab import env
 from worldlab.commands.verify_cmd import iter_lumas
 from worldlab.security.watermark import ID_BITS, Embedder, Watermark
 from worldlab.transport.encoder import RoomEncoder
-from worldlab.transport.track import RUNGS, VIDEO_CLOCK
+from worldlab.transport.quality import LADDER, upscale
+from worldlab.transport.track import VIDEO_CLOCK
 
 FPS = 30
 CLIP_FRAMES = 3 * FPS  # the shortest clip `worldlab verify` is specified for
 REENCODE_BITRATE = 300_000
 REENCODERS = {"vp8": "libvpx", "h264": "libx264"}
+RUNGS = ("128p-lean", "256p")  # the quality rungs docs/security.md reports (the former "low" and "high")
 
 
-def world_frames(seed: int, rung: str = "low", n: int = CLIP_FRAMES) -> np.ndarray:
+def world_frames(seed: int, rung: str = RUNGS[0], n: int = CLIP_FRAMES) -> np.ndarray:
     """(n, H, W, 3) uint8: a rollout with human-like keys, theme by seed, upscaled as RoomTrack does."""
     theme = env.THEMES[seed % len(env.THEMES)]
-    scale = RUNGS[rung][0]
     frames = env.rollout(seed, theme, env.random_actions(n - 1, seed))
-    return frames.repeat(scale, 1).repeat(scale, 2)
+    return upscale(frames, LADDER[rung].height)
 
 
-def stream(frames: np.ndarray, wm_id: int | None, rung: str = "low", codec: str = "vp8") -> list:
+def stream(frames: np.ndarray, wm_id: int | None, rung: str = RUNGS[0], codec: str = "vp8") -> list:
     """The live stream's packets: each frame watermarked (unless wm_id is None), then RoomEncoder at the rung."""
     mark = Embedder(wm_id) if wm_id is not None else None
     enc = RoomEncoder(codec, fps=FPS)
     packets = []
     for i, f in enumerate(frames):
-        p = enc.encode(mark(f) if mark else f, i * VIDEO_CLOCK // FPS, RUNGS[rung][1])
+        p = enc.encode(mark(f) if mark else f, i * VIDEO_CLOCK // FPS, LADDER[rung].bitrate)
         if p is not None:
             packets.append(p)
     return packets

@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
-
-
-def have_chromium() -> bool:
-    return os.access(CHROMIUM, os.X_OK)
+# The Chromium binary, its flags and its launcher are defined once, beside the benchmarks that use them too.
+from benchmarks.browser import CHROMIUM, CHROMIUM_ARGS, chromium_browser, have_chromium  # noqa: F401
 
 
 def free_port() -> int:
@@ -60,7 +51,7 @@ def running(argv: list[str], port: int, log_path: str, env: dict | None = None, 
                 raise RuntimeError(f"{exc}; log tail:\n{open(log_path).read()[-2000:]}") from None
             yield proc
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # SIGTERM drains for up to drain_deadline_s; SIGINT stops now
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -104,23 +95,6 @@ def jupyter_lab_on_quickstart(work, token: str, model: str, checkpoint=None, *, 
     envvars = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     with running(argv, port, str(work / "lab.log"), env=envvars):
         yield f"http://{host}:{port}{base_url.rstrip('/')}"
-
-
-@contextlib.contextmanager
-def chromium_browser(playwright, host_map: str | None = None):
-    """host_map: a host name the browser resolves to 127.0.0.1 (a "remote" server that is really local)."""
-    profile = tempfile.mkdtemp(prefix="worldlab-chromium-")
-    args = CHROMIUM_ARGS + ([f"--host-resolver-rules=MAP {host_map} 127.0.0.1"] if host_map else [])
-    try:
-        ctx = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=args,
-            viewport={"width": 1280, "height": 900})
-        try:
-            yield ctx
-        finally:
-            ctx.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def video_pixels(page, selector: str, size: int = 64):

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from worldlab import env
-from worldlab.model import load_model, start_session
+from worldlab.model import start_session
+from worldlab.model.protocol import describe
 
 
 def _percentiles(ms: list[float]) -> dict:
@@ -20,11 +21,10 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99))}
 
 
-def bench(checkpoint=None, *, weights="fp32", kv="none", window="short", steps=300, batches=(1, 4, 8),
-          device="cpu") -> dict:
+def bench(model, *, steps=300, batches=(1, 4, 8)) -> dict:
+    """Time `model` (a WorldModel, e.g. from worldlab.model.registry) on one session and in batches."""
     if steps < 10:
         raise ValueError(f"steps must be >= 10, got {steps}")
-    model = load_model(checkpoint, weights=weights, kv=kv, window=window, device=device)
     actions = env.random_actions(steps + 50, seed=7)
     s = start_session(model, "a walk in the forest", seed=7)
     for a in actions[:30]:  # warm-up: fill the window so every timed step attends a full cache
@@ -62,4 +62,4 @@ def bench(checkpoint=None, *, weights="fp32", kv="none", window="short", steps=3
             "switch_ms": float(np.median(switch)), "switch_ms_max": float(np.max(switch)),
             "fps": 1000.0 / pct["p50"], "batch_fps": batch_fps, "batch_speedup_vs_sequential": ratio,
             "kv_bytes": model.kv_bytes(s), "model_ms": ms, "threads": torch.get_num_threads(), "steps": steps,
-            "config": model.describe()}
+            "config": describe(model)}

@@ -21,7 +21,31 @@ class SessionConfig:
     fps_target: float = 30.0
     codec: str = "vp8"  # one of CODECS
     keyframe_interval_s: float = 0.75
-    quality: str = "auto"  # "auto" | "low" | "high"
+    quality: str = "auto"  # "auto" (the controller moves along quality_ladder) | "low" / "high": pin its bottom / top
+    # Adaptive quality (worldlab.transport.quality; docs/streaming.md "Adaptive quality"). The ladder, lowest
+    # first: (frame height px, bit/s at the "lean" preset, bit/s at "full"); a rung is one height at one preset,
+    # named "256p" (full) or "256p-lean". auto starts at the top. A GPU deployment adds (720, ...), (1080, ...).
+    quality_ladder: tuple = ((128, 250_000, 400_000), (256, 500_000, 800_000), (384, 900_000, 1_500_000))
+    # Down one notch after `quality_bad_reads` unhealthy stats readings in a row (one per stats_interval_s): a
+    # smaller height for compute trouble, the lean preset first for network trouble; readings in the first
+    # `quality_settle_s` after a change do not count (the 2 s fps window still holds the old rung). Up one
+    # notch after `quality_up_after_s` of calm readings, only if the bigger rung's predicted encode / decode
+    # time (scaled by its pixels) stays under the limit.
+    quality_bad_reads: int = 2
+    quality_settle_s: float = 2.0
+    quality_up_after_s: float = 3.0
+    quality_warmup_s: float = 3.0  # no decision before the fps window covers the session
+    # Unhealthy (any): fps_actual < quality_fps_low x fps_target; the model misses its slot (scheduler late
+    # ticks) >= quality_late_per_s; encode p95 or the page's decode time > quality_busy x the frame period
+    # (little headroom); rtt > quality_rtt_ms or RTCP loss > quality_loss_pct (network). Calm (all): fps_actual
+    # >= quality_fps_high x target, no late ticks, every other figure <= quality_calm x its limit.
+    quality_fps_low: float = 0.9
+    quality_fps_high: float = 0.95
+    quality_late_per_s: float = 0.5
+    quality_busy: float = 0.6
+    quality_rtt_ms: float = 300.0
+    quality_loss_pct: float = 5.0
+    quality_calm: float = 0.7
     max_message_bytes: int = 4096  # one `ctl` message; bigger ones get a `too_large` error reply
     stats_interval_s: float = 1.0
     fps_range: tuple = (1.0, 120.0)  # allowed fps_target (worldlab serve --fps)
@@ -34,6 +58,21 @@ class SessionConfig:
     offer_read_timeout_s: float = 10.0  # the whole /offer body must arrive within this
     max_sessions: int = 8  # live rooms (players) per server; the next offer gets 503 server_full
     max_viewers_per_room: int = 8  # spectators per room; the next gets 503 room_full
+    # Cost controls (worldlab.transport.caps); 0 turns a cap off. Sessions without a token all count as the
+    # one tenant "anonymous". Past a frame cap the room's peers get `error` frame_cap (with retry_after_s)
+    # and the room ends (a paused room would still hold a session slot); new offers get 429 frame_cap.
+    max_sessions_per_tenant: int = 0  # live rooms per tenant; the next offer gets 503 tenant_full
+    room_frame_cap: int = 0  # model frames one room id may generate per frame_cap_window_s
+    tenant_frame_cap: int = 0  # model frames all of one tenant's rooms may generate per frame_cap_window_s
+    frame_cap_window_s: float = 3600.0
+    caps_check_s: float = 1.0  # how often frames are charged and caps checked (a room may overshoot by this)
+    # Anomaly alert (a warning log line + worldlab_anomalies_total{kind="model_seconds"}): a session whose
+    # model-seconds per wall second exceed this share, or this multiple of the median of >= 3 sessions.
+    anomaly_model_share: float = 0.5
+    anomaly_median_factor: float = 3.0
+    # Graceful drain (SIGTERM or POST /admin/drain): no new offers (503 draining), peers get `drain` with
+    # deadline_s, rooms still live at the deadline end with `error` drained, then `worldlab serve` exits 0.
+    drain_deadline_s: float = 25.0  # under Kubernetes' default 30 s grace: we exit before its SIGKILL
     # A peer that has not reached "connected" this long after its answer is dropped (and its room, for a
     # player). Connected peers that vanish (network or DTLS dead, no goodbye) fail ICE consent freshness:
     # `consent_failures` unanswered checks `consent_interval_s` apart (+-20 %, each check waits 0.5 s), about
@@ -41,10 +80,10 @@ class SessionConfig:
     connect_timeout_s: float = 15.0
     consent_interval_s: float = 1.5
     consent_failures: int = 5
-    # Faults (worldlab.engine.scheduler, worldlab.transport.peer): a model call (step, recache) that takes
-    # longer is abandoned (~600x a tiny-model step on CPU: a loaded 2-core machine or a slow first call must
-    # never look like a stall; a real stall costs the sessions batched with it this long once); an ended
-    # session's peers get their `error` this long before the room closes.
+    # Faults (worldlab.engine.scheduler, worldlab.transport.peer): a session whose model call (step, recache)
+    # has run this long ends with model_stalled (~600x a tiny-model step on CPU: a loaded 2-core machine or a
+    # slow first call must never look like a stall; its batch-mates wait only batch_timeout_s, below); an
+    # ended session's peers get their `error` fault_grace_s before the room closes.
     step_timeout_s: float = 2.0
     # A tick waits for a step at most max(batch_timeout_s, batch_timeout_factor x the slowest of the last 30
     # steps) (3 frames at 30 fps): past it, the sessions in a batch are rebuilt from their recent frames and go
@@ -73,10 +112,20 @@ class SessionConfig:
     # Provenance (worldlab.security.watermark): a random 64-bit id per session hidden in every frame.
     watermark: bool = True
     watermark_key: str = "worldlab-watermark-v1"  # seeds the pattern; `worldlab verify` must use the same
+    # Observability (worldlab.telemetry, worldlab.server.metrics). Spans go to the OTLP/HTTP endpoint when one
+    # is set, else as JSON lines to `otel_jsonl`; neither: no tracing at all (nothing is recorded per frame).
+    otel_endpoint: str = ""  # e.g. http://127.0.0.1:4318/v1/traces
+    otel_jsonl: str = ""  # a file path
+    slo_g2g_ms: float = 100.0  # a room meets its SLO while its page's p95 g2g is at most this
+    # Bucket bounds (ms) of the per-stage latency histograms on /metrics: 1 ms steps matter at the low end
+    # (encode, queue), 100s of ms for g2g on a loaded machine.
+    latency_buckets_ms: tuple = (1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000)
 
     def __post_init__(self):
         object.__setattr__(self, "fps_range", tuple(self.fps_range))  # JSON round-trips give lists
         object.__setattr__(self, "ctl_rate_limits", tuple(tuple(r) for r in self.ctl_rate_limits))
+        object.__setattr__(self, "quality_ladder", tuple(tuple(r) for r in self.quality_ladder))
+        object.__setattr__(self, "latency_buckets_ms", tuple(self.latency_buckets_ms))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from worldlab import env, gallery
 from worldlab.model import CONTEXT_FRAMES
+from worldlab.model.protocol import describe
 
 SWITCH_AFTER = 16  # steps rolled out before the prompt switch in the switch run
 SWITCH_FRAMES = 3  # "within 3 frames of a prompt switch"
@@ -292,7 +293,7 @@ def evaluate_runs(model, seeds, steps: int, gallery_path=None) -> tuple[dict, li
         "model_ms_p50": float(np.percentile(ms, 50)),
         "model_ms_p95": float(np.percentile(ms, 95)),
         "steps": int(steps), "seeds": seeds,
-        "config": model.describe(),
+        "config": describe(model),
     }
     if gallery_path is not None:
         rows = [(s, r["truth"], r["frames"]) for s, r in zip(seeds, runs)]

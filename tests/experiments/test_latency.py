@@ -86,9 +86,9 @@ def test_rtp_origin_found_among_jittered_pts():
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"model_name": "big"}, "model_name"),
+    ({"model_name": "big"}, "unknown model 'big'"),
     ({"model_name": "oracle", "seconds": 0}, "seconds"),
-    ({"model_name": "oracle", "toggles": Toggles(weights="w4a4")}, "toggles apply to the tiny model"),
+    ({"model_name": "oracle", "toggles": Toggles(weights="w4a4")}, "model 'oracle' does not support weights='w4a4'"),
     ({"model_name": "oracle", "quality": "ultra"}, "quality"),
 ])
 def test_bad_arguments(kw, message):

@@ -100,7 +100,7 @@ async def test_real_model_streams_at_rate_and_acks(micro_ckpt):  # default timeo
         video_fps, model_fps = (len(client.frames) - n0) / dt, (newest_frame_id(client) - id0) / dt
         assert 25 <= video_fps <= 35 and 25 <= model_fps <= 35, (video_fps, model_fps)  # target 30, loaded CI
         frame = client.frames[-1]
-        assert frame.shape == (256, 256, 3)  # the 64x64 frame upscaled to the pinned high rung
+        assert frame.shape == (384, 384, 3)  # the 64x64 frame upscaled to the pinned high (top) rung
         assert frame.reshape(-1, 3).std(0).max() > 4  # not one flat colour
 
         seq = client.send(type="action", keys=["right"], t=0)

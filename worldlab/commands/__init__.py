@@ -13,6 +13,28 @@ def add_toggle_arguments(p) -> None:
         p.add_argument(f"--{name}", default=getattr(default, name), choices=allowed)
 
 
+def add_model_arguments(p, default: str = "tiny") -> None:
+    """--model/--checkpoint/--device and the toggles: every command that builds a model takes these."""
+    p.add_argument("--model", default=default, metavar="NAME|PATH|module:factory",
+                   help=f"a registered model (`worldlab models`; default {default}), a checkpoint file, or an "
+                        "importable factory")
+    p.add_argument("--checkpoint", default=None, help="checkpoint for the model (default: the model's own)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
+    add_toggle_arguments(p)
+
+
+def build_model(args):
+    """The WorldModel that --model/--checkpoint/--device/--weights/--window/--kv ask for; ValueError (one line)
+    for an unknown model, a toggle it does not support, a missing checkpoint or an absent device."""
+    from worldlab.config import Toggles
+    from worldlab.model.registry import resolve, resolve_device
+
+    plugin = resolve(args.model)
+    toggles = Toggles(args.weights, args.window, args.kv)
+    plugin.check(toggles)  # before a device or checkpoint is looked at
+    return plugin.build(toggles, resolve_device(args.device), args.checkpoint)
+
+
 def threads_arg(text: str) -> int:
     """argparse type for --threads: an integer >= 1 (argparse turns the error into one usage line)."""
     import argparse

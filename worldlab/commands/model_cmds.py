@@ -5,14 +5,13 @@ Heavy imports happen inside each run function so `worldlab --help` stays fast.
 
 from __future__ import annotations
 
-from worldlab.commands import add_toggle_arguments, threads_arg
+from worldlab.commands import add_model_arguments, build_model, threads_arg
 
 import json
 
 
 def _toggles(p) -> None:
-    p.add_argument("--checkpoint", default=None, help="safetensors checkpoint (default: the shipped tiny one)")
-    add_toggle_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None, metavar="FILE.nc",
@@ -44,6 +43,10 @@ def register(sub) -> None:
     b.add_argument("--steps", type=int, default=300)
     b.add_argument("--batches", default="1,4,8")
     b.set_defaults(func=run_bench)
+
+    m = sub.add_parser("models", help="list the models --model can name (built-in and plug-ins) and their toggles")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=run_models)
 
 
 def _parse_ints(name: str, text: str) -> list[int]:
@@ -89,14 +92,13 @@ def run_eval(args) -> int:
     from worldlab.experiments.measure import eval_dataset
     from worldlab.experiments.provenance import now
     from worldlab.experiments.results import save_dataset
-    from worldlab.model import load_model
 
     torch.set_num_threads(args.threads)
     seeds = _parse_ints("seeds", args.seeds)
     check_request(seeds, args.steps, args.gallery)  # before the model loads
     _check_out(args.out)
     started = now()
-    model = load_model(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window)
+    model = build_model(args)
     res, runs = evaluate_runs(model, seeds, args.steps, gallery_path=args.gallery)
     if args.out:
         ds = eval_dataset(res, runs, _toggles_of(args), model, checkpoint=args.checkpoint, started_at=started)
@@ -125,8 +127,8 @@ def run_bench(args) -> int:
     torch.set_num_threads(args.threads)
     _check_out(args.out)
     started = now()
-    res = bench(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window, steps=args.steps,
-                batches=tuple(_parse_ints("batches", args.batches)))
+    batches = tuple(_parse_ints("batches", args.batches))
+    res = bench(build_model(args), steps=args.steps, batches=batches)
     if args.out:
         save_dataset(bench_dataset(res, _toggles_of(args), args.checkpoint, started_at=started), args.out)
     if args.json:
@@ -136,4 +138,19 @@ def run_bench(args) -> int:
           f"  ({res['fps']:.0f} fps headless)  switch {res['switch_ms']:.1f} ms")
     for B, fps in res["batch_fps"].items():
         print(f"batch {B}: {fps:.0f} frames/s  ({res['batch_speedup_vs_sequential'][B]:.2f}x vs sequential)")
+    return 0
+
+
+def run_models(args) -> int:
+    from worldlab.model.registry import available
+
+    rows = [{"name": p.name, "source": p.source, "supports": {k: list(v) for k, v in p.supports.items()},
+             "description": p.description} for p in available()]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        toggles = "  ".join(f"{k}={'|'.join(v)}" for k, v in r["supports"].items())
+        print(f"{r['name']:10s} {r['source']:24s} {toggles}\n{'':10s} {r['description']}")
+    print("also: --model PATH.safetensors (a tiny checkpoint) or --model module:factory (docs/byom.md)")
     return 0

@@ -1,8 +1,9 @@
 """`worldlab serve`: the browser view — player page, spectators, /offer, /healthz, /metrics.
 
-Binds 127.0.0.1:8080 by default (WebRTC's UDP sockets bind the same address); uses the shipped model, or
-the environment oracle with --model oracle. Logs one access line per request to stderr. Beyond loopback (or
-with --auth) rooms need tokens signed by the keyring in --keys; SIGHUP reloads it after a rotation.
+Binds 127.0.0.1:8080 by default (WebRTC's UDP sockets bind the same address); serves the shipped model, or
+any other --model (`worldlab models`; the oracle is the ground-truth environment). Logs one access line per request to stderr. Beyond loopback (or
+with --auth) rooms need tokens signed by the keyring in --keys; SIGHUP reloads it after a rotation; SIGTERM
+drains (no new sessions, clients told, exit 0 by SessionConfig.drain_deadline_s).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import ipaddress
 import math
 
-from worldlab.commands import add_toggle_arguments
+from worldlab.commands import add_model_arguments
 from worldlab.config import CODECS, WILDCARD_HOSTS, SessionConfig
 
 
@@ -20,10 +21,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the live player page over WebRTC (127.0.0.1:8080)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped tiny one)")
-    p.add_argument("--model", default="tiny", choices=["tiny", "oracle"],
-                   help="tiny = the trained world model; oracle = the ground-truth environment (transport tests)")
-    add_toggle_arguments(p)
+    add_model_arguments(p)
     # The limits below default to None: unset, the --config file (or SessionConfig) decides; set, they win.
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON file of SessionConfig fields (limits, timeouts, rates); the flags below "
@@ -34,6 +32,11 @@ def register(sub) -> None:
                    help=f"live sessions (players) before new ones get 503 server_full (default {d.max_sessions})")
     p.add_argument("--max-viewers", type=int, default=None,
                    help=f"spectators per room before 503 room_full (default {d.max_viewers_per_room})")
+    p.add_argument("--otel-jsonl", default=None, metavar="FILE",
+                   help="write OpenTelemetry spans (one `frame` span per sent frame, the session funnel) to FILE "
+                        "as JSON lines")
+    p.add_argument("--otel-endpoint", default=None, metavar="URL",
+                   help="send the spans to this OTLP/HTTP endpoint instead (e.g. http://127.0.0.1:4318/v1/traces)")
     p.add_argument("--no-micro-batching", action="store_true", help="step sessions one by one (for comparison)")
     p.add_argument("--open", action="store_true", help="open the page in a browser if one is available")
     p.add_argument("--auth", action="store_true",
@@ -106,6 +109,37 @@ def reload_on_sighup(keyring):
     return install
 
 
+def drain_on_sigterm(hub):
+    """An aiohttp on_startup hook: SIGTERM drains (PeerHub.start_drain: no new sessions, peers told, rooms
+    ended by SessionConfig.drain_deadline_s) instead of stopping at once; a second SIGTERM or SIGINT stops at
+    once. Once drained (by SIGTERM or POST /admin/drain) the server stops and `worldlab serve` exits 0."""
+    import asyncio
+    import signal
+
+    from aiohttp.web import GracefulExit
+
+    def stop() -> None:
+        raise GracefulExit()  # what aiohttp's own handler raises: run_app shuts down and returns
+
+    def on_sigterm() -> None:
+        if hub.draining_until is not None:
+            stop()
+        print(f"SIGTERM: draining, exiting within {hub.start_drain():.1f} s", flush=True)
+
+    async def exit_when_drained() -> None:
+        await hub.drained.wait()
+        print("drained: exiting", flush=True)
+        asyncio.get_running_loop().call_soon(stop)
+
+    tasks = []
+
+    async def install(app) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)  # replaces aiohttp's
+        tasks.append(asyncio.ensure_future(exit_when_drained()))
+
+    return install
+
+
 def page_url(args, room: str | None = None, token: str | None = None) -> str:
     import socket
     import urllib.parse
@@ -137,7 +171,7 @@ def triage_store(args, cfg):
 
 # --flag -> the SessionConfig field it sets.
 FLAG_FIELDS = {"codec": "codec", "fps": "fps_target", "max_sessions": "max_sessions",
-               "max_viewers": "max_viewers_per_room"}
+               "max_viewers": "max_viewers_per_room", "otel_jsonl": "otel_jsonl", "otel_endpoint": "otel_endpoint"}
 
 
 def session_config(args) -> SessionConfig:
@@ -167,23 +201,23 @@ def check_args(args) -> SessionConfig:
                          f"got {cfg.max_viewers_per_room}")
     if cfg.codec not in CODECS:
         raise ValueError(f"{_named(args, 'codec')} must be one of {CODECS}, got {cfg.codec!r}")
+    for name in ("max_sessions_per_tenant", "room_frame_cap", "tenant_frame_cap", "drain_deadline_s",
+                 "anomaly_model_share", "anomaly_median_factor"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
+    for name in ("frame_cap_window_s", "caps_check_s"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {getattr(cfg, name)}")
     return cfg
 
 
 def build_model(args):
-    if args.model == "oracle":
-        from worldlab.engine.oracle import EnvOracle
-
-        return EnvOracle()
     import torch
 
-    from worldlab.model import load_model
-    from worldlab.model.checkpoint import SHIPPED
+    from worldlab import commands
 
     torch.set_num_threads(1)  # one core for the model, one for encoding and the event loop
-    if args.checkpoint is None and not SHIPPED.is_file():
-        raise FileNotFoundError(f"no shipped checkpoint at {SHIPPED}; pass --checkpoint or --model oracle")
-    return load_model(args.checkpoint, weights=args.weights, kv=args.kv, window=args.window)
+    return commands.build_model(args)
 
 
 def run(args) -> int:
@@ -192,9 +226,10 @@ def run(args) -> int:
 
     from aiohttp import web
 
+    from worldlab.model.protocol import describe
     from worldlab.security.records import RecordStore
     from worldlab.server import build_app
-    from worldlab.server.app import AccessLogger
+    from worldlab.server.app import HUB, AccessLogger
 
     cfg = check_args(args)
     logging.basicConfig(level=logging.WARNING)
@@ -206,11 +241,12 @@ def run(args) -> int:
                     records=RecordStore(args.records), triage=triage_store(args, cfg))
     if keyring is not None:
         app.on_startup.append(reload_on_sighup(keyring))
+    app.on_startup.append(drain_on_sigterm(app[HUB]))
     url = start_link(args, keyring, cfg) if keyring is not None else page_url(args)
 
     def listening(_aiohttp_message) -> None:  # run_app calls this once the socket is bound
         auth = f"tokens from {keyring.path}" if keyring is not None else "open (loopback demo, no tokens)"
-        print(f"worldlab serving {getattr(model, 'describe', lambda: {})()} at {page_url(args)} [{auth}]",
+        print(f"worldlab serving {describe(model)} at {page_url(args)} [{auth}]",
               flush=True)
         if keyring is not None:
             print(f"player link for a fresh room (valid {cfg.token_ttl_s / 3600:g} h): {url}", flush=True)

@@ -1,4 +1,5 @@
-"""The metric dictionary (one set of names everywhere) and rolling windows that summarize it.
+"""The metric dictionary (one set of names everywhere), the one percentile definition, and rolling
+windows that summarize the metrics.
 
 Names: capture_ms queue_ms model_ms encode_ms rtt_ms decode_ms g2g_ms fps_target fps_actual drop_pct
 bitrate_kbps kv_bytes relay_pct.
@@ -15,6 +16,18 @@ import numpy as np
 METRICS = ("capture_ms", "queue_ms", "model_ms", "encode_ms", "rtt_ms", "decode_ms", "g2g_ms",
            "fps_target", "fps_actual", "drop_pct", "bitrate_kbps", "kv_bytes", "relay_pct")
 TIMED = ("capture_ms", "queue_ms", "model_ms", "encode_ms", "rtt_ms", "decode_ms", "g2g_ms")
+
+
+def percentile(values, q: float) -> float | None:
+    """The q-th percentile (0..100) of `values` by linear interpolation between closest ranks (numpy's
+    default); None for no values. The page (player.js `pct`), the server and the benchmarks all use it."""
+    v = np.asarray(values, dtype=float).ravel()
+    return float(np.percentile(v, q)) if v.size else None
+
+
+def percentiles(values, qs=(50, 95, 99)) -> dict:
+    """{"p50": ..., "p95": ..., "p99": ..., "n": count} of `values` (None where there are none)."""
+    return {**{f"p{q:g}": percentile(values, q) for q in qs}, "n": int(np.size(values))}
 
 
 class Rolling:
@@ -46,8 +59,7 @@ class Rolling:
             return np.array([v for t, v in self._samples[name] if now - t <= self.horizon])
 
     def p(self, name: str, q: float = 50.0) -> float | None:
-        v = self.values(name)
-        return float(np.percentile(v, q)) if len(v) else None
+        return percentile(self.values(name), q)
 
     def summary(self) -> dict:
         out = {}

@@ -53,3 +53,13 @@ class EnvOracle:
 
     def kv_bytes(self, state: OracleState) -> int:
         return 0
+
+
+def oracle(*, toggles=None, device: str = "cpu", checkpoint=None) -> EnvOracle:
+    """The ground-truth environment itself: no weights, window or KV cache (isolates transport cost)."""
+    if checkpoint is not None:
+        raise ValueError("the oracle model takes no checkpoint")
+    return EnvOracle()
+
+
+oracle.supports = {"weights": ("fp32",), "window": ("short",), "kv": ("none",)}

@@ -15,6 +15,7 @@ from worldlab.config import TOGGLE_CHOICES, Toggles
 from worldlab.evaluate import (PSNR_CAP, agent_error, capped_psnr, check_request, mse, pooled_psnr, rollout_frames,
                                theme_for_seed)
 from worldlab.experiments.provenance import now, provenance
+from worldlab.model.protocol import describe
 
 ANCHORS = ("sink", "none")
 ANCHOR_DEFINITION = ("sink: the checkpoint's attention-sink frames (cfg.sink) are kept forever, the StreamingLLM / "
@@ -108,7 +109,7 @@ def measure_drift(seeds, steps: int, configs, checkpoint=None, *, weights: str =
     runs, described = {}, {}
     for point in itertools.product(*grid.values()):
         model = load(*point)
-        described[point] = getattr(model, "describe", dict)()
+        described[point] = describe(model)
         runs[point] = [drift_rollout(model, s, steps) for s in seeds]
     ds = _dataset(grid, seeds, steps, runs)
     sink = [int(described[p].get("sink", -1)) for p in itertools.product(*grid.values())]

@@ -17,9 +17,9 @@ import xarray as xr
 
 from worldlab.config import SessionConfig, Toggles
 from worldlab.experiments.provenance import now, provenance
+from worldlab.model.registry import resolve
 from worldlab.transport.protocol import QUALITY
 
-MODELS = ("tiny", "oracle")
 # The seed's budget in pipeline order: input capture, frame generation (queue_ms + model_ms share it), encode,
 # network (a round trip), decode/display; BUDGET_TOTAL_MS bounds g2g (measure_latency's docstring).
 BUDGET_MS = {"capture_ms": (20.0, 40.0), "model_ms": (16.0, 33.0), "encode_ms": (8.0, 20.0),
@@ -94,14 +94,13 @@ def measure_latency(model_name: str = "tiny", seconds: float = 5.0, toggles: Tog
 
 
 def _check_args(model_name, seconds, toggles, quality, warmup_s) -> None:
-    if model_name not in MODELS:
-        raise ValueError(f"model_name must be one of {MODELS}, got {model_name!r}")
-    if not (isinstance(seconds, int | float) and 0.5 <= seconds <= 600):
-        raise ValueError(f"seconds must be a number in [0.5, 600], got {seconds!r}")
+    """One clear ValueError before anything loads: the model (worldlab.model.registry: a name, checkpoint
+    file or module:factory) and whether it supports the toggles, then the other arguments."""
     if not isinstance(toggles, Toggles):
         raise ValueError(f"toggles must be a worldlab.config.Toggles, got {type(toggles).__name__}")
-    if model_name == "oracle" and toggles != Toggles():
-        raise ValueError("the toggles apply to the tiny model; the oracle has no weights, window or KV cache")
+    resolve(model_name).check(toggles)
+    if not (isinstance(seconds, int | float) and 0.5 <= seconds <= 600):
+        raise ValueError(f"seconds must be a number in [0.5, 600], got {seconds!r}")
     if quality not in QUALITY:
         raise ValueError(f"quality must be one of {QUALITY}, got {quality!r}")
     if not 0 <= warmup_s <= 10:
@@ -109,13 +108,7 @@ def _check_args(model_name, seconds, toggles, quality, warmup_s) -> None:
 
 
 def _load(model_name, toggles, checkpoint):
-    if model_name == "oracle":
-        from worldlab.engine.oracle import EnvOracle
-
-        return EnvOracle()
-    from worldlab.model import load_model
-
-    return load_model(checkpoint, **toggles.to_dict())
+    return resolve(model_name).build(toggles, checkpoint=checkpoint)
 
 
 async def measure_latency_async(model_name: str = "tiny", seconds: float = 5.0, toggles: Toggles = Toggles(),
@@ -146,8 +139,9 @@ async def measure_latency_async(model_name: str = "tiny", seconds: float = 5.0, 
     finally:
         _measuring.release()
     ds = ds.assign_coords(toggles.to_dict())
-    ds.attrs.update(provenance(checkpoint if model_name == "tiny" else None, started_at=started_at))
-    if model_name == "oracle":
+    weights_file = getattr(model, "checkpoint_path", None)  # None: a model without weights (the oracle)
+    ds.attrs.update(provenance(weights_file, started_at=started_at))
+    if weights_file is None:
         ds.attrs["checkpoint_sha256"] = "none"
     ds.attrs.update({"model": model_name, "seconds": float(seconds), "warmup_s": float(warmup_s),
                      "prompt": prompt, "quality": quality, "codec": codec, "player_seed": int(seed),

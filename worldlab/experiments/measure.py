@@ -16,24 +16,25 @@ from worldlab.config import SessionConfig, Toggles
 from worldlab.evaluate import PSNR_CAP, capped_psnr, evaluate_runs
 from worldlab.experiments.provenance import now, provenance
 from worldlab.transport.encoder import RoomEncoder
-from worldlab.transport.track import RUNGS
+from worldlab.transport.quality import LADDER, upscale
+from worldlab.model.protocol import describe
 
 # Scalar figures copied from evaluate() (names as `worldlab eval --json` prints them).
 EVAL_SCALARS = ("psnr_step1", "psnr_mean", "psnr_mean_all", "psnr_tail", "ssim_mean", "switch_psnr",
                 "switch_psnr_min", "occlusion_psnr", "occlusion_psnr_all", "switch_ms", "model_ms_p50",
                 "model_ms_p95", "kv_bytes")
-ENCODE_RUNG = "high"  # the rung a live session starts on
+ENCODE_RUNG = "high"  # the rung a live session starts on (the top of the quality ladder)
 
 
 def encode_cost(frames: np.ndarray, rung: str = ENCODE_RUNG, cfg: SessionConfig = SessionConfig()):
     """Each frame upscaled as the live track does and encoded by the room encoder: (ms, bytes) per frame."""
-    scale, bitrate = RUNGS[rung]
+    rung = LADDER[rung]
     enc = RoomEncoder(cfg.codec, fps=cfg.fps_target, keyframe_interval_s=cfg.keyframe_interval_s)
     ms, sizes = [], []
     for i, frame in enumerate(frames):
-        big = frame.repeat(scale, 0).repeat(scale, 1)
+        big = upscale(frame, rung.height)
         t0 = time.perf_counter()
-        packet = enc.encode(big, i * 3000, bitrate)
+        packet = enc.encode(big, i * 3000, rung.bitrate)
         ms.append((time.perf_counter() - t0) * 1000)
         sizes.append(0 if packet is None else packet.size)
     return np.array(ms), np.array(sizes)
@@ -76,10 +77,10 @@ def eval_dataset(res: dict, runs: list[dict], toggles: Toggles, model, *, checkp
         ds["encode_ms_p50"] = float(np.percentile(ds["encode_ms"], 50))
         ds["bytes_per_frame"] = float(ds["frame_bytes"].mean())
         ds["bitrate_kbps"] = float(ds["frame_bytes"].mean()) * fps_target * 8 / 1000
-    describe = getattr(model, "describe", lambda: {})()
+    described = describe(model)
     ds = ds.assign_coords(toggles.to_dict())
-    ds.attrs.update(provenance(checkpoint if describe.get("model") != "oracle" else None, started_at=started_at))
-    ds.attrs.update({"steps": int(steps), "seeds": list(seeds), "model": str(describe.get("model", "tiny")),
+    ds.attrs.update(provenance(checkpoint if described["model"] != "oracle" else None, started_at=started_at))
+    ds.attrs.update({"steps": int(steps), "seeds": list(seeds), "model": str(described["model"]),
                      "encode_rung": ENCODE_RUNG if encode else "none",
                      "encode_s": round(time.perf_counter() - t0, 3)})
     _describe_vars(ds)

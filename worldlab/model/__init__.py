@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from worldlab.model.protocol import KEYS, WorldModel
 
-__all__ = ["KEYS", "WorldModel", "load_model", "start_session", "CONTEXT_FRAMES"]
+__all__ = ["KEYS", "WorldModel", "load_model", "start_session", "tiny", "CONTEXT_FRAMES"]
 
 CONTEXT_FRAMES = 8
 
@@ -29,6 +29,16 @@ def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", de
         quantize_model(net, weights, calib)
     return TransformerWorldModel(net, net.cfg, weights=weights, kv=kv, window=window, device=device,
                                  checkpoint_hash=digest, sink=sink, checkpoint_path=ckpt.resolve(checkpoint))
+
+
+def tiny(*, toggles=None, device: str = "cpu", checkpoint=None):
+    """The in-project block-causal transformer: the shipped tiny checkpoint, or the one given."""
+    from worldlab.config import Toggles
+    from worldlab.model.checkpoint import SHIPPED
+
+    if checkpoint is None and not SHIPPED.is_file():
+        raise FileNotFoundError(f"no shipped checkpoint at {SHIPPED}; pass --checkpoint or --model oracle")
+    return load_model(checkpoint, device=device, **(toggles or Toggles()).to_dict())
 
 
 def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):

@@ -38,3 +38,12 @@ class WorldModel(Protocol):
 
     def kv_bytes(self, state: Any) -> int:
         """Real bytes held by this session's KV cache."""
+
+
+def describe(model) -> dict:
+    """What a model says it is: its optional describe() (weights, toggles, checkpoint hash), with `model` set
+    to its plug-in's name (or class name) when it does not say. Records, /healthz and results use this."""
+    out = dict(getattr(model, "describe", dict)())
+    plugin = getattr(model, "plugin", None)
+    out.setdefault("model", plugin.name if plugin is not None else type(model).__name__)
+    return out

@@ -60,7 +60,7 @@ class TransformerWorldModel:
         self._max_pos = (cfg.image_size - net.codec.sprite_size)[:, None]  # (3, 1)
 
     def describe(self) -> dict:
-        return {"preset": self.cfg.name, "weights": self.weights, "kv": self.kv, "window": self.window_name,
+        return {"model": "tiny", "preset": self.cfg.name, "weights": self.weights, "kv": self.kv, "window": self.window_name,
                 "window_frames": self.window, "sink": self.cfg.sink, "checkpoint": self.checkpoint_hash}
 
     # -- protocol ------------------------------------------------------------------------------

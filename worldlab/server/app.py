@@ -6,6 +6,7 @@ string), status, size and time per request, never bodies or tokens. /metrics roo
 details only for a loopback scrape (no proxy headers) or an admin token; anyone else gets aggregates.
 With a keyring, POST /offer needs a room token (worldlab.security.tokens); with `allowed_hosts`, other
 Host/Origin names get 403 (DNS rebinding); offers are rate-limited per client IP (429 + Retry-After).
+POST /admin/drain (or SIGTERM, in `worldlab serve`) drains: /healthz and new offers answer 503 draining.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler
 from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.tokens import Keyring, TokenError
+from worldlab import telemetry
 from worldlab.server import metrics as prom
 from worldlab.transport import protocol
 from worldlab.transport.peer import ROOM_RE, OfferError, PeerHub
+from worldlab.model.protocol import describe
 
 log = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).resolve().parents[1] / "static"
@@ -154,14 +157,17 @@ async def watch(request):
 
 async def healthz(request):
     hub, sched = request.app[HUB], request.app[SCHED]
-    ok = sched.alive and not hub.closed
+    draining = hub.drain_remaining()
+    ok = sched.alive and not hub.closed and draining is None
     try:
         detailed = privileged(request)
     except TokenError as exc:
         return token_error(exc)
     body = {"ok": ok}
+    if draining is not None:  # a load balancer stops routing here on the 503
+        body.update(draining=True, deadline_s=round(draining, 1))
     if detailed:
-        body.update(rooms=len(hub.rooms), peers=len(hub.pcs), model=sched.model.describe())
+        body.update(rooms=len(hub.rooms), peers=len(hub.pcs), model=describe(sched.model))
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -265,7 +271,10 @@ async def offer(request):
     except TokenError as exc:
         return token_error(exc)
     except OfferError as exc:
-        return error(exc.status, exc.code, str(exc))
+        resp = error(exc.status, exc.code, str(exc))
+        if exc.retry_after_s is not None:
+            resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return resp
     except ValueError as exc:  # e.g. an empty or oversized prompt
         return error(400, "bad_field", str(exc))
     return web.json_response(answer)
@@ -287,6 +296,18 @@ async def seal_triage(request):
     return web.json_response({"session": room.session.id, "file": path.name})
 
 
+async def admin_drain(request):
+    """POST /admin/drain: stop admitting and end every session by SessionConfig.drain_deadline_s (loopback or
+    an admin token); `worldlab serve` exits 0 once drained. 202 {draining, deadline_s}; again: same deadline."""
+    try:
+        if not privileged(request):
+            return error(403, "forbidden", "draining the server needs an admin token")
+    except TokenError as exc:
+        return token_error(exc)
+    left = request.app[HUB].start_drain()
+    return web.json_response({"draining": True, "deadline_s": round(left, 1)}, status=202)
+
+
 def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: bool = True,
               seed: int = 0, host: str | None = None, config: SessionConfig | None = None,
               keyring: Keyring | None = None, allowed_hosts=None, records=None, triage=None) -> web.Application:
@@ -302,10 +323,14 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     app[ALLOWED_HOSTS] = None if allowed_hosts is None else frozenset(filter(None, map(host_name, allowed_hosts)))
     app[OFFER_LIMIT] = TokenBucket(cfg.offer_rate_per_s, cfg.offer_burst, max_keys=cfg.rate_limit_max_keys)
     sched = Scheduler(model, micro_batching=micro_batching, config=cfg)
+    hist = prom.StageHistograms(cfg.latency_buckets_ms)
+    provider = telemetry.tracer_provider(cfg)  # None unless spans go somewhere: then no per-frame cost
+    tracer = telemetry.FrameTracer(provider) if provider is not None else None
     hub = PeerHub(model, sched, codec=codec, fps=fps, seed=seed, config=cfg, ice_host=host, records=records,
-                  triage=triage)
+                  triage=triage, observers=[hist] + ([tracer] if tracer is not None else []))
     app[SCHED], app[HUB], app[CONFIG] = sched, hub, cfg
-    app[REGISTRY], app[PUBLIC_REGISTRY] = prom.registry_for(hub), prom.registry_for(hub, per_room=False)
+    app[REGISTRY] = prom.registry_for(hub, histograms=hist)
+    app[PUBLIC_REGISTRY] = prom.registry_for(hub, per_room=False, histograms=hist)
     app.on_response_prepare.append(_harden_headers)
     app.router.add_get("/", index)
     app.router.add_get("/watch/{room}", watch)
@@ -313,6 +338,7 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/offer", offer)
     app.router.add_post("/triage/{room}", seal_triage)
+    app.router.add_post("/admin/drain", admin_drain)
     app.router.add_static("/static/", STATIC)
 
     async def start(app):
@@ -321,6 +347,9 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     async def stop(app):  # aiohttp runs this on SIGINT/SIGTERM too
         await hub.close()
         sched.stop()
+        if tracer is not None:
+            # the rooms' session spans ended with them: export what is buffered (off the loop: OTLP may wait)
+            await asyncio.get_running_loop().run_in_executor(None, tracer.shutdown)
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)

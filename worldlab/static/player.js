@@ -6,6 +6,8 @@ const KEYMAP = {
   w: "up", s: "down", a: "left", d: "right", W: "up", S: "down", A: "left", D: "right",
 };
 const HISTORY = 600; // frames / samples kept for mapping and percentiles
+const DISCONNECTED_GRACE_MS = 5000; // see onconnectionstatechange: ~5 s + this ~ the server's ICE consent
+const STALE_LINK_MS = 1500; // nothing from the server (frames come 30 times a second) this long: the link stalls
 
 // The overlay is drawn in a worker through an OffscreenCanvas where the browser has one, so text
 // rendering never competes with video decode/compositing on the main thread.
@@ -44,10 +46,15 @@ function overlayPainter(canvas) {
   };
 }
 
-function pct(values, q) {
+// The one percentile definition (worldlab.engine.metrics.percentile = numpy's default): linear interpolation
+// between closest ranks, with numpy's two-sided lerp so page and server agree to the last bit.
+export function pct(values, q) {
   if (!values.length) return null;
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((q / 100) * s.length))];
+  const s = Float64Array.from(values).sort();
+  const v = (s.length - 1) * (q / 100), i = Math.floor(v);
+  if (i >= s.length - 1) return s[s.length - 1];
+  const a = s[i], b = s[i + 1], g = v - i, d = b - a;
+  return g >= 0.5 ? b - d * (1 - g) : a + d * g;
 }
 
 // POST /offer signaling for the served page.
@@ -94,6 +101,7 @@ export class Player {
   // ---- connection -----------------------------------------------------------------------
   async connect(extra = {}) {
     this.close(false);
+    this.ended = null;
     this.setState("connecting");
     // A new offer is a new session: its pts, frame ids and RTP origin share nothing with the old one.
     this.ptsToFrame.clear();
@@ -119,10 +127,19 @@ export class Player {
       this.video.play().catch(() => {});
     };
     pc.onconnectionstatechange = () => {
-      if (pc !== this.pc) return;
-      if (["failed", "disconnected"].includes(pc.connectionState)) {
+      if (pc !== this.pc || this.ended) return;  // the server ended the session on purpose: keep its notice
+      // A short network outage must not end the session (its world, its room): ICE comes back by itself on the
+      // same connection. So "disconnected" (Chrome: ~5 s without a packet) only shows "reconnecting"; a new
+      // offer follows if it lasts DISCONNECTED_GRACE_MS more (by then the server, whose ICE consent gives up
+      // after ~10 s of silence, has dropped the peer), or 1.5 s after "failed". Back to "connected": live.
+      const s = pc.connectionState;
+      clearTimeout(this._reconnectTimer);
+      if (s === "connected" && this.state === "reconnecting") this.setState("live");
+      if (s === "failed" || s === "disconnected") {
         this.setState("reconnecting");
-        setTimeout(() => { if (pc === this.pc && pc.connectionState !== "connected") this.connect(extra); }, 1500);
+        this._reconnectTimer = setTimeout(() => {
+          if (pc === this.pc && pc.connectionState !== "connected") this.connect(extra);
+        }, s === "failed" ? 1500 : DISCONNECTED_GRACE_MS);
       }
     };
     this.offerAt = performance.now();
@@ -142,12 +159,16 @@ export class Player {
     }
     document.addEventListener("visibilitychange", this._onVisibility);
     this._watchFrames();
-    this._pingTimer = setInterval(() => this.send({ type: "ping", t: performance.now() }), 500);
+    // Pings and reports only while the server is heard from: during an outage they would queue in SCTP and
+    // arrive as one burst after it (stale figures, RTTs that include the outage, over the server's rate limit).
+    const heard = () => performance.now() - (this.lastHeard ?? -Infinity) < STALE_LINK_MS;
+    this._pingTimer = setInterval(() => heard() && this.send({ type: "ping", t: performance.now() }), 500);
     // What this page measured, for the server (protocol.REPORT_FIELDS: it refuses any other field, and
     // anything but a finite number >= 0 or null).
     const reported = ["fps_actual", "g2g_ms", "g2g_ms_p95", "rtt_ms", "capture_ms", "decode_ms",
       "interval_ms_p95", "frames", "new_frames", "dropped_frames", "first_frame_ms"];
     this._reportTimer = setInterval(() => {
+      if (!heard()) return;
       const st = this.stats();
       const ok = (v) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : null);
       this.send({ type: "report", ...Object.fromEntries(reported.map((k) => [k, ok(st[k])])) });
@@ -160,6 +181,8 @@ export class Player {
     clearInterval(this._pingTimer);
     clearInterval(this._reportTimer);
     clearInterval(this._drawTimer);
+    clearTimeout(this._reconnectTimer);
+    clearInterval(this._drainTimer);
     this.keyTarget.removeEventListener("keydown", this._onKey);
     this.keyTarget.removeEventListener("keyup", this._onKey);
     document.removeEventListener("visibilitychange", this._onVisibility);
@@ -216,13 +239,14 @@ export class Player {
     if (document.hidden) {  // release held keys so the world does not run away while we are away
       this.held.clear();
       this.sendAction();
-    } else if (!this.pc || this.pc.connectionState !== "connected") {
+    } else if (!this.pc || ["failed", "closed"].includes(this.pc.connectionState)) {  // not while ICE recovers
       this.connect();
     }
   }
 
   // ---- server messages ------------------------------------------------------------------
   _onMessage(m) {
+    this.lastHeard = performance.now();
     if (m.type === "frame") {
       this.ptsToFrame.set(m.pts, m.frame_id);
       if (this.ptsToFrame.size > HISTORY) this.ptsToFrame.delete(this.ptsToFrame.keys().next().value);
@@ -233,9 +257,29 @@ export class Player {
       this._push("rtt_ms", performance.now() - m.t);
     } else if (m.type === "stats") {
       this.server = m;
+    } else if (m.type === "drain") {
+      this._drainCountdown(m.deadline_s);
     } else if (m.type === "error") {
       this.lastError = m;
+      if (m.code === "drained" || m.code === "frame_cap") {  // the session ends (docs/streaming.md)
+        this.ended = m;
+        clearInterval(this._drainTimer);
+        this.onStatus(`ended: ${m.message}`);
+      }
     }
+  }
+
+  // The server is restarting (graceful drain): show the seconds left in the status area.
+  _drainCountdown(deadlineS) {
+    const end = performance.now() + deadlineS * 1000;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((end - performance.now()) / 1000));
+      if (!this.ended) this.onStatus(`server restarting in ${left} s`);
+      if (!left) clearInterval(this._drainTimer);
+    };
+    clearInterval(this._drainTimer);
+    this._drainTimer = setInterval(tick, 1000);
+    tick();
   }
 
   // rtpTimestamp = random origin + pts (90 kHz). pts carry real-time jitter, so exactly one origin keeps

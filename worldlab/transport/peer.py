@@ -7,7 +7,8 @@ Guards (numbers in worldlab.config.SessionConfig): at most `max_sessions` rooms 
 spectators (503 server_full / room_full); a peer that is not connected `connect_timeout_s` after its answer
 is dropped, and a player's room with it; the data channel advertises `sctp_max_message_bytes` and a peer
 that sends more in one message is disconnected before aiortc reassembles it; with `ice_host`, WebRTC's UDP
-sockets bind that address only (aiortc has no option for it: see `_ice_host_addresses`).
+sockets bind that address only (aiortc has no option for it: see `_ice_host_addresses`). Tenant and frame
+caps are worldlab.transport.caps; `start_drain` stops admitting and ends every room by a deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextvars
 import ctypes
 import ipaddress
 import logging
+import math
 import re
 import secrets
 import socket
@@ -35,9 +37,13 @@ from worldlab.security import safety
 from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.ringbuffer import TriageStore
 from worldlab.security.watermark import Embedder, format_id
+from worldlab.telemetry import notify
 from worldlab.transport import protocol
+from worldlab.transport.caps import CapExceeded, CostControls
 from worldlab.transport.consent import tighten_consent
-from worldlab.transport.track import RoomTrack
+from worldlab.transport.quality import Ladder, QualityController, network_figures, reading
+from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
+from worldlab.model.protocol import describe
 
 log = logging.getLogger(__name__)
 ROOM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -45,9 +51,9 @@ MIME = {"vp8": "video/VP8", "h264": "video/H264"}
 
 
 class OfferError(ValueError):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.retry_after_s = status, code, retry_after_s
 
 
 @dataclass
@@ -64,14 +70,12 @@ class Room:
     viewers: int = 0
     model: object = None  # the WorldModel (variant) this room's session runs on
     scheduler: object = None
-    good_since: float = field(default_factory=time.monotonic)
-    born: float = field(default_factory=time.monotonic)
     persistent: bool = False  # widget rooms outlive their views; served rooms end with their player
     tenant: str | None = None  # the access-token tenant that created the room (None: no auth)
     triage: object = None  # its TriageBuffer (worldlab.security.ringbuffer), when the hub keeps them
     on_players_gone: object = None  # called when a persistent room's last steering peer is gone
     watermark_id: int | None = None  # the 64-bit id hidden in this room's frames (None: no watermark)
-    bad_reads: int = 0
+    adapt: object = None  # its QualityController (worldlab.transport.quality)
     rate_drops: int = 0  # data-channel messages dropped by the rate limits
 
 
@@ -188,11 +192,13 @@ class PeerHub:
     def __init__(self, model, scheduler: Scheduler, *, codec: str = "vp8", fps: float = 30.0,
                  keyframe_interval_s: float = 0.75, seed: int = 0, stats_interval_s: float = 1.0,
                  config: SessionConfig | None = None, ice_host: str | None = None,
-                 records: session_records.RecordStore | None = None, triage: TriageStore | None = None):
+                 records: session_records.RecordStore | None = None, triage: TriageStore | None = None,
+                 observers=()):
         """config: limits and timeouts (SessionConfig); ice_host: bind WebRTC's UDP sockets to this address
         only (the HTTP host; None or a wildcard = every interface, aioice's default); records: where each new
         room's signed session record is appended (None: no records); triage: keeps each room's encrypted
-        triage buffer, sealed on a safety flag or by `seal_triage` (None: no buffer)."""
+        triage buffer, sealed on a safety flag or by `seal_triage` (None: no buffer); observers:
+        worldlab.telemetry.Observer-s (histograms, spans) told of sessions, inputs, frames, reports, rtt."""
         if codec not in MIME:
             raise ValueError(f"codec must be one of {tuple(MIME)}, got {codec!r}")
         self.cfg = config or SessionConfig()
@@ -203,17 +209,23 @@ class PeerHub:
         self.codec, self.fps, self.kf = codec, fps, keyframe_interval_s
         self.seed = seed
         self.triage = triage
+        self.observers = tuple(observers)
         self.stats_interval = stats_interval_s
+        self.ladder = Ladder(self.cfg.quality_ladder)  # a bad ladder in `serve --config` fails here
         self.ice_host = ice_bind_address(ice_host)
         if self.ice_host is not None and not _install_ice_host_hook():
             self.ice_host = None
         self.records = records.prepare() if records is not None else None  # a bad key path fails now
         self._ctl_limits = {kind: TokenBucket(rate, burst) for kind, rate, burst in self.cfg.ctl_rate_limits}
         self.rooms: dict[str, Room] = {}
-        self._creating: set[str] = set()  # room ids reserved by create_room while their session starts
+        self._creating: dict[str, str | None] = {}  # room id -> tenant, reserved while its session starts
         self.pcs: set[RTCPeerConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
+        self.caps = CostControls(self.cfg)
+        self._caps_task: asyncio.Task | None = None
+        self.draining_until: float | None = None  # time.monotonic() of the drain deadline, once draining
+        self.drained = asyncio.Event()  # set when a drain has ended every room
 
     # -- offers --------------------------------------------------------------------------------
     async def offer(self, sdp: str, kind: str, *, room: str | None = None, prompt: str | None = None,
@@ -223,6 +235,7 @@ class PeerHub:
         tenant: the caller's access-token tenant; only the room's own tenant may join it (403 wrong_tenant)."""
         if self.closed:
             raise OfferError(503, "shutting_down", "the server is shutting down")
+        self._refuse_if_draining()
         if role == "viewer" or (join and room in self.rooms):
             if room not in self.rooms:
                 raise OfferError(404, "unknown_room", f"no live room {room!r}")
@@ -243,6 +256,7 @@ class PeerHub:
         Without `room`, the id is random and unguessable. Raises OfferError 409 room_taken for a live (or
         starting) room id and 503 server_full at `max_sessions` rooms."""
         prompt = prompt or "a walk in the forest"
+        asked_at = time.monotonic()  # the telemetry funnel's offer -> first frame starts here
         try:
             safety.screen_prompt(prompt)
         except safety.PromptRefused as exc:
@@ -253,34 +267,42 @@ class PeerHub:
         if len(self.rooms) + len(self._creating) >= self.cfg.max_sessions:
             raise OfferError(503, "server_full", f"the server is full ({self.cfg.max_sessions} live sessions); "
                                                  "try again later")
+        try:
+            self.caps.admit(room, tenant, [r.tenant for r in self.rooms.values()] + list(self._creating.values()))
+        except CapExceeded as exc:
+            raise OfferError(exc.status, exc.code, str(exc), exc.retry_after_s) from None
         room = room or secrets.token_urlsafe(self.cfg.room_id_bytes)
-        self._creating.add(room)  # reserve the id and a session slot before the first await
+        self._creating[room] = tenant  # reserve the id and a session slot before the first await
         try:
             loop = asyncio.get_running_loop()
             state = await loop.run_in_executor(None, start_session, self.model, prompt, self.seed)
         finally:
-            self._creating.discard(room)
+            self._creating.pop(room, None)
         if self.closed:
             raise OfferError(503, "shutting_down", "the server is shutting down")
+        self._refuse_if_draining()
         session = Session(state, prompt, fps_target=self.fps, room=room)
         r = Room(session.room, session, None, MediaRelay(), quality=quality, model=self.model,
-                 scheduler=self.scheduler, persistent=persistent, tenant=tenant)
+                 scheduler=self.scheduler, persistent=persistent, tenant=tenant,
+                 adapt=QualityController(self.cfg, quality, ladder=self.ladder))
         r.watermark_id = secrets.randbits(64) if self.cfg.watermark else None
         self._record(r)  # before the room exists: a failed write leaves nothing behind
         r.track = RoomTrack(session, codec=self.codec, keyframe_interval_s=self.kf,
                             on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
-                            frame_shape=tuple(self.model.frame_shape),
+                            frame_shape=tuple(self.model.frame_shape), observers=self.observers, ladder=self.ladder,
                             watermark=None if r.watermark_id is None else Embedder(r.watermark_id,
                                                                                    self.cfg.watermark_key))
         if self.triage is not None:
             r.triage = self.triage.buffer(session.id, self.codec)
             r.track.on_packet = lambda p: r.triage.add_frame(bytes(p), p.pts, p.is_keyframe)
-        if quality in ("low", "high"):
-            r.track.set_rung(quality)
+        r.track.set_rung(r.adapt.rung.name)
         self.rooms[r.id] = r
         self._watch_faults(r)
+        notify(self.observers, "session_started", session, asked_at)
         self.scheduler.add(session)
         self._spawn(self._stats_loop(r))
+        if self._caps_task is None or self._caps_task.done():
+            self._caps_task = self._spawn(self._caps_loop())
         return r
 
     def _record(self, room: Room) -> None:
@@ -289,7 +311,7 @@ class PeerHub:
             return
         self.records.append(session_records.make_record(
             room.session.id, format_id(room.watermark_id), room.id,
-            session_records.model_hash(self.model.describe()), tenant=room.tenant))
+            session_records.model_hash(describe(self.model)), tenant=room.tenant))
 
     async def switch_model(self, room: Room, model, scheduler) -> None:
         """Hot-switch a live room to another model variant, prefilled from its recent frames."""
@@ -318,6 +340,8 @@ class PeerHub:
             room.channels.add(channel)
             if not viewer:
                 room.player_channels.add(channel)
+            if self.draining_until is not None:  # answered just before the drain began
+                self._send(channel, self._drain_message())
 
             @channel.on("message")
             def on_message(raw):
@@ -395,6 +419,7 @@ class PeerHub:
         s = room.session
         if msg.type in ("action", "prompt"):
             self._record_input(room, {"type": msg.type, "seq": msg.seq, **msg.body})
+            notify(self.observers, "session_input", s, msg.type, msg.seq, time.monotonic(), msg.body)
         if msg.type == "action":
             s.set_action(msg.body["keys"], msg.seq)
         elif msg.type == "prompt":
@@ -403,10 +428,11 @@ class PeerHub:
             self._send(channel, protocol.encode("pong", seq=msg.seq, t=msg.body["t"]))
         elif msg.type == "quality":
             room.quality = msg.body["preset"]
-            if room.quality != "auto":
-                room.track.set_rung(room.quality)
+            room.track.set_rung(room.adapt.set_mode(room.quality).name)
         elif msg.type == "report" and channel in room.channels:  # not one racing _drop_pc: it would stay
             room.reports[channel] = (time.monotonic(), msg.body)
+            if channel in room.player_channels:
+                notify(self.observers, "page_report", s, msg.body)
 
     @staticmethod
     def _record_input(room: Room, message: dict) -> None:
@@ -469,32 +495,37 @@ class PeerHub:
         return out
 
     async def _stats_loop(self, room: Room) -> None:
+        rtcp_seen: dict = {}
         while room.id in self.rooms and not self.closed:
             await asyncio.sleep(self.stats_interval)
             st = self.stats(room)
-            self._adapt(room, st)
+            if self.observers:
+                notify(self.observers, "room_stats", room.session, st)
+                for ms in await rtcp_rtt_ms(room.pcs, rtcp_seen):
+                    notify(self.observers, "rtt", room.session, ms)
+            await self._adapt(room, st)
             msg = protocol.encode("stats", **st)
             for ch in list(room.channels):
                 self._send(ch, msg)
 
-    def _adapt(self, room: Room, st: dict) -> None:
-        """auto: step down when frames run late or encode is slow; step back up after 5 s of health."""
-        now = time.monotonic()
-        if room.quality != "auto" or now - room.born < 3.0:  # the rate window still covers start-up
+    async def _adapt(self, room: Room, st: dict) -> None:
+        """auto quality: the room's QualityController reads this interval's figures and may move the rung.
+        Network figures come from the players' peers only: a spectator cannot lower the player's stream."""
+        if room.adapt.mode != "auto":
             return
-        healthy = st["fps_actual"] >= 0.95 * st["fps_target"] and st.get("encode_ms_p95", 0) < 20
-        room.bad_reads = 0 if healthy else room.bad_reads + 1
-        if room.bad_reads >= 2:  # two bad seconds in a row, not one hiccup
-            room.track.set_rung("low")
-            room.good_since = now
-        elif room.track.rung == "low" and now - room.good_since > 5.0:
-            room.track.set_rung("high")
+        sctps = {getattr(ch, "transport", None) for ch in room.player_channels}
+        network = await network_figures([pc for pc in room.pcs if pc.sctp is not None and pc.sctp in sctps])
+        rung = room.adapt.update(reading(st, room.session, self.frontend_stats(room), network, self.stats_interval))
+        if rung is not None:
+            log.info("room %s: quality rung %s -> %s", room.id, room.track.rung, rung.name)
+            room.track.set_rung(rung.name)
 
     # -- teardown ------------------------------------------------------------------------------
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @staticmethod
     async def _close_pc(pc) -> None:
@@ -534,17 +565,67 @@ class PeerHub:
     async def _fail_room(self, room: Room) -> None:
         """A fatal fault in the room's session (model_failed, model_stalled, encoder_failed): every peer
         gets the `error`, then the room closes like one whose player left."""
+        code, message = room.session.fault
+        await self._end_room(room, code, message)
+
+    async def _end_room(self, room: Room, code: str, message: str, **extra) -> None:
+        """Every peer of the room gets `error` {code, message, **extra}, then the room closes."""
         if self.rooms.get(room.id) is not room:
             return
-        code, message = room.session.fault
         log.warning("room %s ends: %s", room.id, code)
         for ch in list(room.channels):
-            self._send(ch, protocol.encode("error", code=code, message=message))
+            self._send(ch, protocol.encode("error", code=code, message=message, **extra))
         await asyncio.sleep(self.cfg.fault_grace_s)  # closing aborts SCTP at once: let the error go out first
         await self._close_room(room)
 
+    # -- cost caps and drain ---------------------------------------------------------------------
+    async def _caps_loop(self) -> None:
+        """Charge frames, end rooms over a frame cap, flag anomalies (worldlab.transport.caps)."""
+        while self.rooms and not self.closed:
+            await asyncio.sleep(self.cfg.caps_check_s)
+            for room, exc in self.caps.check(list(self.rooms.values())):
+                self._spawn(self._end_room(room, exc.code, str(exc), retry_after_s=round(exc.retry_after_s, 1)))
+
+    def drain_remaining(self) -> float | None:
+        """Seconds left before a drain ends the remaining rooms (None: not draining)."""
+        return None if self.draining_until is None else max(0.0, self.draining_until - time.monotonic())
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining_until is not None:
+            wait = self.drain_remaining()
+            raise OfferError(503, "draining", f"the server is restarting (in {math.ceil(wait)} s); "
+                                              "try again shortly", retry_after_s=wait)
+
+    def _drain_message(self) -> str:
+        return protocol.encode("drain", deadline_s=round(self.drain_remaining(), 1),
+                               message="the server is restarting")
+
+    def start_drain(self, deadline_s: float | None = None) -> float:
+        """Stop admitting, send every peer `drain` {deadline_s}, end the rooms still live at the deadline
+        (`error` drained), then set `drained`. deadline_s defaults to SessionConfig.drain_deadline_s; a
+        second call keeps the first deadline. Returns the seconds left."""
+        if self.draining_until is None:
+            self.draining_until = time.monotonic() + (self.cfg.drain_deadline_s if deadline_s is None else deadline_s)
+            log.warning("draining: no new sessions; %d live end within %.1f s", len(self.rooms),
+                        self.drain_remaining())
+            self._spawn(self._drain())
+        return self.drain_remaining()
+
+    async def _drain(self) -> None:
+        msg = self._drain_message()
+        for room in list(self.rooms.values()):
+            for ch in list(room.channels):
+                self._send(ch, msg)
+        while self.rooms and time.monotonic() < self.draining_until:
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(self._end_room(r, "drained", "the server is restarting; reconnect shortly")
+                               for r in list(self.rooms.values())))
+        self.drained.set()
+
     async def _close_room(self, room: Room) -> None:
-        self.rooms.pop(room.id, None)
+        if self.rooms.pop(room.id, None) is room:
+            notify(self.observers, "session_closed", room.session)
+            self.caps.settle(room)
         room.scheduler.remove(room.session)
         room.track.stop()
         for pc in list(room.pcs):

@@ -1,6 +1,10 @@
 """The `ctl` data-channel protocol (DESIGN.md): JSON objects with v=1, seq, type; validated here.
 
 A bad message raises ProtocolError(code, message); the peer replies with an `error` and keeps going.
+Server -> client messages that end a session (docs/streaming.md, "Cost controls and drain"):
+`{type:"drain", deadline_s, message}` (the server is restarting: the session ends within deadline_s);
+`{type:"error", code:"drained"}` at that deadline; `{type:"error", code:"frame_cap", retry_after_s}` when
+the room's or tenant's frame budget is used up. The room closes fault_grace_s after either error.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ CLIENT_TYPES = ("action", "prompt", "ping", "quality", "report")
 # A spectator may measure its RTT and report what its page measured; it cannot steer the world or change
 # the stream.
 VIEWER_TYPES = ("ping", "report")
-QUALITY = ("auto", "low", "high")
+QUALITY = ("auto", "low", "high")  # auto, or pin the bottom / top rung of the ladder (worldlab.transport.quality)
 # What a page may report of its own measurements (`report`): each optional, a finite number >= 0 or null.
 REPORT_FIELDS = ("fps_actual", "g2g_ms", "g2g_ms_p95", "rtt_ms", "capture_ms", "decode_ms", "interval_ms_p95",
                  "frames", "new_frames", "dropped_frames", "first_frame_ms")

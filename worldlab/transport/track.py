@@ -1,8 +1,9 @@
 """RoomTrack: an aiortc video track paced by the session clock, fed from the latest-frame slot.
 
 recv() never runs the model: it waits for the next pacing instant, takes the newest frame (repeating the
-last one when the model is late), upscales it to the quality rung, watermarks it, encodes once (in a worker
-thread) and returns the packet; MediaRelay hands the same packet to the player and every spectator.
+last one when the model is late), upscales it to the quality rung (worldlab.transport.quality), watermarks it,
+encodes once (in a worker thread) and returns the packet; MediaRelay hands the same packet to the player and
+every spectator.
 """
 
 from __future__ import annotations
@@ -15,40 +16,44 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from worldlab.engine.session import Session
+from worldlab.telemetry import Sent, notify
 from worldlab.transport.encoder import RoomEncoder
+from worldlab.transport.quality import LADDER, Ladder, upscale
 
 log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
-# Quality ladder: name -> (upscale factor of the native frame, target bitrate in bit/s).
-RUNGS = {"low": (2, 250_000), "high": (4, 800_000)}
 
 
 class RoomTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, session: Session, *, codec: str = "vp8", keyframe_interval_s: float = 0.75,
-                 on_frame=None, frame_shape=(64, 64, 3), watermark=None, on_packet=None):
+                 on_frame=None, frame_shape=(64, 64, 3), watermark=None, on_packet=None, observers=(),
+                 ladder: Ladder = LADDER):
         """watermark: callable (H, W, 3) uint8 -> uint8 applied to each upscaled frame before encoding
         (worldlab.security.watermark.Embedder for the session's id), or None. on_packet: callback(av.Packet)
-        for every encoded packet (the triage buffer), or None."""
+        for every encoded packet (the triage buffer), or None. observers: worldlab.telemetry.Observer-s told
+        of every new model frame sent (`frame`). ladder: the quality rungs (the track starts on the top one)."""
         super().__init__()
         self.session = session
         self.encoder = RoomEncoder(codec, fps=session.fps_target, keyframe_interval_s=keyframe_interval_s)
         self.on_frame = on_frame  # callback(frame_id, pts, meta, emit_time) on the event loop
         self.watermark = watermark
         self.on_packet = on_packet
-        self.rung = "high"
+        self.observers = tuple(observers)
+        self.ladder = ladder
+        self.rung = ladder.top.name
         self.frame_shape = frame_shape
         self.sent = 0
         self.repeats = 0
         self._next_at: float | None = None
         self._last = None
         self._force_key = False
+        self._sent_seq = -1  # newest input seq among the frames sent so far
 
     def set_rung(self, rung: str) -> None:
-        if rung not in RUNGS:
-            raise ValueError(f"rung must be one of {tuple(RUNGS)}, got {rung!r}")
-        self.rung = rung
+        """A rung name of the ladder, or low / high (its bottom / top)."""
+        self.rung = self.ladder[rung].name
 
     def request_keyframe(self) -> None:
         self._force_key = True
@@ -76,22 +81,24 @@ class RoomTrack(MediaStreamTrack):
         period = 1.0 / self.session.fps_target
         self._next_at = max(self._next_at + period, time.monotonic() - period)  # no bursts after a stall
         frame, meta, new = self.session.slot.take()
+        taken = time.monotonic()
         if frame is None:
             frame = np.zeros(self.frame_shape, np.uint8) if self._last is None else self._last[0]
             meta = None if self._last is None else self._last[1]
         elif not new:
             self.repeats += 1
         self._last = (frame, meta)
-        scale, bitrate = RUNGS[self.rung]
-        big = frame.repeat(scale, 0).repeat(scale, 1)  # nearest-neighbour: crisp pixels
+        rung = self.ladder[self.rung]
+        big = upscale(frame, rung.height)
         if self.watermark is not None:
             big = self.watermark(big)  # after upscaling: the mark is laid out on the frame that is encoded
         emit = time.monotonic()
         pts = int((emit - self.session.origin) * VIDEO_CLOCK)  # real-time jitter lets the page lock the RTP origin
         force, self._force_key = self._force_key, False
-        t0 = time.perf_counter()
-        packet = await self._encode(big, pts, bitrate, force)
-        self.session.metrics.add("encode_ms", (time.perf_counter() - t0) * 1000)
+        t0 = time.monotonic()
+        packet = await self._encode(big, pts, rung.bitrate, force)
+        t1 = time.monotonic()
+        self.session.metrics.add("encode_ms", (t1 - t0) * 1000)
         self.session.metrics.event("bytes", packet.size)
         if self.on_packet is not None:
             self.on_packet(packet)
@@ -100,6 +107,11 @@ class RoomTrack(MediaStreamTrack):
         self.sent += 1
         if self.on_frame is not None and meta is not None:
             self.on_frame(meta.frame_id, pts, meta, emit)
+        if new and meta is not None:
+            if self.observers:
+                sent = Sent(meta, taken, t0, t1, time.monotonic(), new_input=meta.seq > self._sent_seq)
+                notify(self.observers, "frame", self.session, sent)
+            self._sent_seq = max(self._sent_seq, meta.seq)
         return packet
 
     async def _encode(self, big, pts: int, bitrate: int, force: bool):
@@ -115,3 +127,22 @@ class RoomTrack(MediaStreamTrack):
             self.session.fail("encoder_failed", "the video encoder failed; the session has ended")
             raise MediaStreamError
         return packet
+
+
+async def rtcp_rtt_ms(pcs, seen: dict) -> list[float]:
+    """New server-side round-trip samples (ms) of the video senders of `pcs`, for any client: aiortc's
+    smoothed RTT from RTCP receiver reports (remote-inbound-rtp roundTripTime), taken once per new report
+    (its stats timestamp changed since `seen`, which this updates)."""
+    out = []
+    for pc in list(pcs):
+        for sender in pc.getSenders():
+            try:
+                report = await sender.getStats()
+            except Exception:  # a sender torn down under us has no stats: no sample
+                continue
+            for st in report.values():
+                rtt = getattr(st, "roundTripTime", None)
+                if st.type == "remote-inbound-rtp" and rtt is not None and seen.get(st.id) != st.timestamp:
+                    seen[st.id] = st.timestamp
+                    out.append(rtt * 1000)
+    return out

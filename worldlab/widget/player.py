@@ -64,12 +64,18 @@ class MediaLoop:
 class ModelPool:
     """Model variants by toggle setting, each with its own scheduler thread, started on first use.
 
-    Variants load from the checkpoint the Player was given, or the one its model came from."""
+    Variants are built by the plug-in the model came from (worldlab.model.registry), from the checkpoint the
+    Player was given or the model's own; a transformer built by hand reloads through the `tiny` plug-in."""
 
     def __init__(self, checkpoint=None, base_model=None):
+        from worldlab.model.registry import plugin_of, resolve
+
         self.checkpoint = checkpoint if checkpoint is not None else getattr(base_model, "checkpoint_path", None)
         self.variants: dict[tuple, tuple] = {}
         self.base_model = base_model
+        self.plugin = plugin_of(base_model)
+        if self.plugin is None and (base_model is None or hasattr(base_model, "net")):
+            self.plugin = resolve("tiny")
         self._lock = threading.Lock()  # the main thread and the relay (media thread) both switch
 
     def base_toggles(self) -> dict | None:
@@ -79,18 +85,23 @@ class ModelPool:
             return None
         return {"weights": m.weights, "window": m.window_name, "kv": m.kv}
 
+    def supports(self, current: dict) -> dict[str, list]:
+        """Toggle values the page may offer: the plug-in's; only the current ones for a hand-built model."""
+        if self.plugin is None:
+            return {k: [v] for k, v in current.items()}
+        return {k: list(v) for k, v in self.plugin.supports.items()}
+
     def get(self, weights: str, window: str, kv: str):
         with self._lock:
-            if self.base_model is not None and not hasattr(self.base_model, "net") and self.variants:
-                return next(iter(self.variants.values()))  # the oracle has no weights or cache to toggle
             key = (weights, window, kv)
             if key not in self.variants:
                 if self.base_model is not None and not self.variants:
                     model = self.base_model
+                elif self.plugin is None:
+                    raise ValueError("this model was not built by a worldlab model plug-in: its toggles are fixed "
+                                     "(build it with worldlab.model.registry.resolve(...).build(...))")
                 else:
-                    from worldlab.model import load_model
-
-                    model = load_model(self.checkpoint, weights=weights, kv=kv, window=window)
+                    model = self.plugin.build(Toggles(weights, window, kv), checkpoint=self.checkpoint)
                 self.variants[key] = (model, Scheduler(model, name="worldlab-model").start())
             return self.variants[key]
 
@@ -125,17 +136,24 @@ class Player(anywidget.AnyWidget):
     def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
                  size: int = 384, *, checkpoint=None, weights=None, window=None, kv=None,
                  threads: int | None = None, **kw):
-        if isinstance(model_or_session, (str, pathlib.Path)):
-            checkpoint, model_or_session = model_or_session, None
         if threads is not None:
             import torch
 
             torch.set_num_threads(int(threads))
+        if isinstance(model_or_session, (str, pathlib.Path)):  # a model name, checkpoint file or module:factory
+            from worldlab.model.registry import resolve
+
+            plugin = resolve(str(model_or_session))
+            wanted = Toggles(weights or Toggles.weights, window or Toggles.window, kv or Toggles.kv)
+            model_or_session = plugin.build(wanted, checkpoint=checkpoint)
         pool = ModelPool(checkpoint, base_model=model_or_session)
         base = pool.base_toggles() or dataclasses.asdict(Toggles())
         toggles = {"weights": weights or base["weights"], "window": window or base["window"], "kv": kv or base["kv"]}
         Toggles(**toggles)  # one clear error for a bad value
-        super().__init__(prompt=prompt, fps=fps, size=size, player_id=secrets.token_urlsafe(16), **toggles, **kw)
+        if pool.plugin is not None:
+            pool.plugin.check(Toggles(**toggles))
+        super().__init__(prompt=prompt, fps=fps, size=size, player_id=secrets.token_urlsafe(16),
+                         toggle_choices=pool.supports(toggles), **toggles, **kw)
         self.media = MediaLoop.get()
         self.pool = pool
         model, sched = self.pool.get(**toggles)

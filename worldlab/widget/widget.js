@@ -70,7 +70,9 @@ function commSignal(model) {
 }
 
 function select(name, options, value) {
-  return `<label>${name} <select data-trait="${name}">${options.map((o) =>
+  // A toggle the model does not support offers its one value, greyed out (worldlab.model.registry).
+  const fixed = options.length < 2 ? " disabled title=\"this model does not support other values\"" : "";
+  return `<label>${name} <select data-trait="${name}"${fixed}>${options.map((o) =>
     `<option${o === value ? " selected" : ""}>${o}</option>`).join("")}</select></label>`;
 }
 

@@ -1,0 +1,137 @@
+"""Model plug-ins: `--model NAME|PATH|module:factory` names a WorldModel factory, built in or registered by
+any installed package under the entry-point group `worldlab.models` (docs/byom.md).
+
+A factory is called as factory(toggles=Toggles, device=str, checkpoint=str|None) and returns a WorldModel;
+its `supports` attribute (toggle name -> allowed values) says which toggle values it can honour.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from worldlab.config import TOGGLE_CHOICES, Toggles
+
+GROUP = "worldlab.models"
+CHECKPOINT_MODEL = "tiny"  # the architecture a bare checkpoint path is loaded as
+_FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One loadable model: a display name, its factory and (for checkpoint paths) the file to load."""
+
+    name: str
+    factory: Callable[..., Any]
+    checkpoint: str | None = None
+    source: str = "built-in"  # built-in | entry point of <distribution> | module:factory | checkpoint
+
+    @property
+    def supports(self) -> dict[str, tuple]:
+        declared = getattr(self.factory, "supports", None) or {}
+        return {name: tuple(declared.get(name, allowed)) for name, allowed in TOGGLE_CHOICES.items()}
+
+    @property
+    def description(self) -> str:
+        doc = (getattr(self.factory, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def check(self, toggles: Toggles) -> None:
+        """ValueError naming the first toggle value this model cannot honour (one clear line)."""
+        for name, allowed in self.supports.items():
+            if getattr(toggles, name) not in allowed:
+                raise ValueError(f"model {self.name!r} does not support {name}={getattr(toggles, name)!r} "
+                                 f"(it supports {name}: {', '.join(allowed)})")
+
+    def build(self, toggles: Toggles = Toggles(), device: str = "cpu", checkpoint: str | None = None):
+        """The WorldModel for these toggles; the model remembers this plug-in (`model.plugin`) so toggle
+        variants (the widget, the served page) are rebuilt from the same factory and checkpoint."""
+        self.check(toggles)
+        model = self.factory(toggles=toggles, device=device, checkpoint=checkpoint or self.checkpoint)
+        try:
+            model.plugin = self
+        except AttributeError:  # a model with __slots__: variants fall back to its own toggles only
+            pass
+        return model
+
+
+def registered() -> dict[str, importlib.metadata.EntryPoint]:
+    """Entry points of the `worldlab.models` group by name (the project's own models are registered there too)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=GROUP)}
+
+
+def available() -> list[Plugin]:
+    """Every registered model that imports; one that fails to import is skipped (see `resolve` for its error)."""
+    out = []
+    for name in sorted(registered()):
+        try:
+            out.append(resolve(name))
+        except ValueError:
+            continue
+    return out
+
+
+def resolve(spec: str) -> Plugin:
+    """A plug-in from a registered name, a `module:factory` path or a checkpoint file; ValueError otherwise."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("--model is empty: give a model name (see `worldlab models`), a checkpoint file or module:factory")
+    spec = spec.strip()
+    eps = registered()
+    if spec in eps:
+        ep = eps[spec]
+        dist = getattr(ep.dist, "name", None)
+        source = "built-in" if dist == "worldlab" else f"entry point of {dist or 'an installed package'}"
+        return Plugin(spec, _load(ep.value, lambda: ep.load()), source=source)
+    if _FACTORY_SPEC.match(spec) and not pathlib.Path(spec).exists():
+        module, attr = spec.split(":")
+        return Plugin(spec, _load(spec, lambda: getattr(importlib.import_module(module), attr)),
+                      source="module:factory")
+    path = pathlib.Path(spec).expanduser()
+    if path.suffix == ".safetensors" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"no checkpoint file at {path}")
+        base = resolve(CHECKPOINT_MODEL)
+        return Plugin(str(path), base.factory, checkpoint=str(path), source="checkpoint")
+    known = ", ".join(sorted(eps)) or "none registered"
+    raise ValueError(f"unknown model {spec!r}: not a registered name ({known}), a checkpoint file or module:factory")
+
+
+def _load(what: str, load: Callable[[], Any]):
+    try:
+        factory = load()
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load model factory {what!r}: {exc}") from None
+    if not callable(factory):
+        raise ValueError(f"model factory {what!r} is not callable")
+    return factory
+
+
+def plugin_of(model) -> Plugin | None:
+    """The plug-in a model was built by (None for a model built by hand)."""
+    return getattr(model, "plugin", None)
+
+
+def resolve_device(name: str = "auto") -> str:
+    """`--device auto|cpu|cuda[:N]` -> a torch device string; auto is CUDA when present. One-line ValueError
+    for a malformed name or a CUDA device this machine does not have."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not match:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__} "
+                         f"{'is a CPU build' if torch.version.cuda is None else 'sees none'}); use --device cpu")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
