@@ -26,6 +26,9 @@ class SessionConfig:
     # first: (frame height px, bit/s at the "lean" preset, bit/s at "full"); a rung is one height at one preset,
     # named "256p" (full) or "256p-lean". auto starts at the top. A GPU deployment adds (720, ...), (1080, ...).
     quality_ladder: tuple = ((128, 250_000, 400_000), (256, 500_000, 800_000), (384, 900_000, 1_500_000))
+    # The rung auto starts on ("high" = the top): one below it, so a loaded machine is not first asked for
+    # 2.25x the pixels; the controller climbs when calm readings predict the bigger rung fits.
+    quality_start: str = "256p"
     # Down one notch after `quality_bad_reads` unhealthy stats readings in a row (one per stats_interval_s): a
     # smaller height for compute trouble, the lean preset first for network trouble; readings in the first
     # `quality_settle_s` after a change do not count (the 2 s fps window still holds the old rung). Up one

@@ -124,3 +124,15 @@ def test_widget_offers_only_supported_toggles_and_refuses_the_rest():
         p.close()
     with pytest.raises(ValueError, match="does not support kv='fp8'"):
         Player(TOY, kv="fp8")
+
+
+def test_player_on_a_device_this_machine_lacks_is_one_line():
+    import torch
+
+    from worldlab.widget.player import Player
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="this machine has no CUDA device") as exc:
+        Player("oracle", device="cuda:1")
+    assert "\n" not in str(exc.value)

@@ -149,13 +149,15 @@ async def test_a_spectator_cannot_change_quality_or_steer():
             ans = await player.connect(hub)
             await viewer.connect(hub, room=ans["room"], role="viewer")
             room = hub.rooms[ans["room"]]
-            assert room.track.rung == "384p"  # auto starts at the top of the ladder
+            assert room.track.rung == "256p"  # auto starts at SessionConfig.quality_start
             viewer.send(type="quality", preset="low")
             viewer.send(type="action", keys=["right"])
             viewer.send(type="prompt", text="a snowy night")
             await viewer.wait_for(lambda: len(errors(viewer)) >= 3)
             assert errors(viewer) == ["forbidden"] * 3
-            assert room.track.rung == "384p" and room.quality == "auto" and room.session.prompt != "a snowy night"
+            # "low" would be the bottom rung; auto may only have climbed on its own meanwhile
+            assert room.track.rung in ("256p", "384p") and room.quality == "auto"
+            assert room.session.prompt != "a snowy night"
             viewer.send(type="ping", t=2.0)
             await viewer.wait_for(lambda: any(m["type"] == "pong" for m in viewer.msgs))
             player.send(type="quality", preset="low")  # the player still can

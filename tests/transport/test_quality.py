@@ -16,7 +16,7 @@ from worldlab.engine import Session
 from worldlab.transport.encoder import RoomEncoder
 from worldlab.transport.quality import LADDER, Ladder, QualityController, Reading, reading, upscale
 
-CFG = SessionConfig()
+CFG = SessionConfig(quality_start="high")  # most tests start at the top; the default start is tested below
 NAMES = ["128p-lean", "128p", "256p-lean", "256p", "384p-lean", "384p"]
 CALM = Reading(fps_actual=30.0, fps_target=30.0, encode_ms_p95=2.0, decode_ms=3.0, rtt_ms=5.0, loss_pct=0.0)
 SLOW_FPS = Reading(fps_actual=20.0, fps_target=30.0, encode_ms_p95=2.0)
@@ -79,6 +79,22 @@ def test_upscale_is_nearest_neighbour_for_any_height():
 
 
 # -- the controller -------------------------------------------------------------------------------------
+def test_auto_starts_one_below_the_top_by_default_and_climbs_when_calm():
+    ctl = QualityController(SessionConfig(), "auto", now=START)
+    assert ctl.rung.name == SessionConfig.quality_start == "256p"
+    assert feed(ctl, [CALM] * 8, WARM)[-1] == "384p"  # calm readings predict 384p fits: up
+    busy = QualityController(SessionConfig(), "auto", now=START)
+    assert feed(busy, [SLOW_ENCODE] * 8, WARM)[-1] != "384p"  # a slow encoder never climbs
+
+
+def test_a_start_rung_off_the_ladder_is_refused():
+    from worldlab.engine.oracle import EnvOracle
+    from worldlab.transport.peer import PeerHub
+
+    with pytest.raises(ValueError, match="rung must be one of"):
+        PeerHub(EnvOracle(), None, config=SessionConfig(quality_start="4k"))
+
+
 def test_auto_starts_at_the_top_and_holds_there_while_calm():
     ctl = controller()
     assert ctl.rung == LADDER.top

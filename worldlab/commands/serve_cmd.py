@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import math
 
-from worldlab.commands import add_model_arguments
+from worldlab.commands import add_model_arguments, threads_arg
 from worldlab.config import CODECS, WILDCARD_HOSTS, SessionConfig
 
 
@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     add_model_arguments(p)
+    p.add_argument("--threads", type=threads_arg, default=1,
+                   help="torch CPU threads for the model (default 1: one core models, one encodes and serves)")
     # The limits below default to None: unset, the --config file (or SessionConfig) decides; set, they win.
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON file of SessionConfig fields (limits, timeouts, rates); the flags below "
@@ -216,7 +218,7 @@ def build_model(args):
 
     from worldlab import commands
 
-    torch.set_num_threads(1)  # one core for the model, one for encoding and the event loop
+    torch.set_num_threads(args.threads)
     return commands.build_model(args)
 
 

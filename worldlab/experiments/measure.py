@@ -23,7 +23,7 @@ from worldlab.model.protocol import describe
 EVAL_SCALARS = ("psnr_step1", "psnr_mean", "psnr_mean_all", "psnr_tail", "ssim_mean", "switch_psnr",
                 "switch_psnr_min", "occlusion_psnr", "occlusion_psnr_all", "switch_ms", "model_ms_p50",
                 "model_ms_p95", "kv_bytes")
-ENCODE_RUNG = "high"  # the rung a live session starts on (the top of the quality ladder)
+ENCODE_RUNG = SessionConfig.quality_start  # the rung a live session starts on
 
 
 def encode_cost(frames: np.ndarray, rung: str = ENCODE_RUNG, cfg: SessionConfig = SessionConfig()):

@@ -212,6 +212,7 @@ class PeerHub:
         self.observers = tuple(observers)
         self.stats_interval = stats_interval_s
         self.ladder = Ladder(self.cfg.quality_ladder)  # a bad ladder in `serve --config` fails here
+        self.ladder[self.cfg.quality_start]  # and so does a start rung that is not on it
         self.ice_host = ice_bind_address(ice_host)
         if self.ice_host is not None and not _install_ice_host_hook():
             self.ice_host = None

@@ -126,7 +126,7 @@ class QualityController:
                  ladder: Ladder | None = None):
         self.cfg = cfg
         self.ladder = ladder or Ladder(cfg.quality_ladder)
-        self.rung = self.ladder.top
+        self.rung = self.ladder[cfg.quality_start]
         self.mode = "auto"
         self.bad_reads = 0
         now = time.monotonic() if now is None else now

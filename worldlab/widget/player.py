@@ -67,9 +67,10 @@ class ModelPool:
     Variants are built by the plug-in the model came from (worldlab.model.registry), from the checkpoint the
     Player was given or the model's own; a transformer built by hand reloads through the `tiny` plug-in."""
 
-    def __init__(self, checkpoint=None, base_model=None):
+    def __init__(self, checkpoint=None, base_model=None, device: str = "cpu"):
         from worldlab.model.registry import plugin_of, resolve
 
+        self.device = device
         self.checkpoint = checkpoint if checkpoint is not None else getattr(base_model, "checkpoint_path", None)
         self.variants: dict[tuple, tuple] = {}
         self.base_model = base_model
@@ -101,7 +102,7 @@ class ModelPool:
                     raise ValueError("this model was not built by a worldlab model plug-in: its toggles are fixed "
                                      "(build it with worldlab.model.registry.resolve(...).build(...))")
                 else:
-                    model = self.plugin.build(Toggles(weights, window, kv), checkpoint=self.checkpoint)
+                    model = self.plugin.build(Toggles(weights, window, kv), self.device, self.checkpoint)
                 self.variants[key] = (model, Scheduler(model, name="worldlab-model").start())
             return self.variants[key]
 
@@ -118,6 +119,8 @@ _live: "weakref.WeakSet[Player]" = weakref.WeakSet()
 class Player(anywidget.AnyWidget):
     """Play the world model live in a notebook cell: Player(prompt="a snowy forest").
 
+    model_or_session: a WorldModel, or what `--model` takes (a name from `worldlab models`, a checkpoint file,
+    module:factory); device: auto | cpu | cuda[:N] for a named model and its toggle variants.
     threads: None leaves torch's (process-wide) thread count alone; an int sets it for the whole kernel."""
 
     _esm = (STATIC / "player.js").read_text() + "\n" + (HERE / "widget.js").read_text()
@@ -135,18 +138,21 @@ class Player(anywidget.AnyWidget):
 
     def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
                  size: int = 384, *, checkpoint=None, weights=None, window=None, kv=None,
-                 threads: int | None = None, **kw):
+                 threads: int | None = None, device: str = "auto", **kw):
         if threads is not None:
             import torch
 
             torch.set_num_threads(int(threads))
-        if isinstance(model_or_session, (str, pathlib.Path)):  # a model name, checkpoint file or module:factory
-            from worldlab.model.registry import resolve
+        from worldlab.model.registry import resolve, resolve_device
 
+        device = resolve_device(device)  # one line for a device this machine lacks
+        if isinstance(model_or_session, (str, pathlib.Path)):  # a model name, checkpoint file or module:factory
             plugin = resolve(str(model_or_session))
             wanted = Toggles(weights or Toggles.weights, window or Toggles.window, kv or Toggles.kv)
-            model_or_session = plugin.build(wanted, checkpoint=checkpoint)
-        pool = ModelPool(checkpoint, base_model=model_or_session)
+            model_or_session = plugin.build(wanted, device, checkpoint)
+        # Variants of a given model live where it does; of a named one, on `device`.
+        device = str(getattr(model_or_session, "device", device))
+        pool = ModelPool(checkpoint, base_model=model_or_session, device=device)
         base = pool.base_toggles() or dataclasses.asdict(Toggles())
         toggles = {"weights": weights or base["weights"], "window": window or base["window"], "kv": kv or base["kv"]}
         Toggles(**toggles)  # one clear error for a bad value
@@ -359,7 +365,7 @@ class Player(anywidget.AnyWidget):
     def close(self, *, kernel_exit: bool = False) -> None:
         """Stop the session: peer connections closed, model workers joined; views show a message.
         kernel_exit: the process is ending (atexit), so views are told "kernel restarted" by the relay."""
-        if self.status == "closed":
+        if self.status == "closed" or "_watchdog" not in self.__dict__:  # closed, or __init__ raised early
             return
         self._cancel_close()
         self.status = "closed"
