@@ -20,7 +20,7 @@ def _toggles(p) -> None:
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a world model from scratch (reproduces the shipped checkpoint)")
-    t.add_argument("--preset", default="tiny", help="micro | tiny")
+    t.add_argument("--preset", default="tiny", help="micro | tiny | conv (the conv plug-in: worldlab.train_conv)")
     t.add_argument("--out", required=True, help="output .safetensors path (a .metrics.jsonl log goes beside it)")
     t.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     t.add_argument("--seed", type=int, default=0)
@@ -79,6 +79,14 @@ def run_train(args) -> int:
     from worldlab.train import train
 
     torch.set_num_threads(args.threads)
+    if args.preset == "conv":  # a different model family with its own trainer
+        from worldlab.train_conv import train_conv
+
+        if args.init or args.lr:
+            raise ValueError("--init and --lr apply to the transformer presets, not conv")
+        summary = train_conv(args.out, seed=args.seed, steps=args.steps, progress=not args.json)
+        print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
+        return 0
     summary = train(preset(args.preset), args.out, seed=args.seed, steps=args.steps, progress=not args.json,
                     init=args.init, lr=args.lr)
     print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
