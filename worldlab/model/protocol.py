@@ -25,7 +25,7 @@ class WorldModel(Protocol):
         """A fresh per-session state (KV cache, frame history, prompt conditioning)."""
 
     def prefill(self, state: Any, frames: np.ndarray, actions: Sequence[Sequence[str]]) -> None:
-        """Feed T context frames (T, H, W, 3) uint8 and the T actions that followed each."""
+        """Feed T context frames (T, H, W, 3) uint8 and the T - 1 actions between them (actions[i]: frame i -> i + 1)."""
 
     def step(self, states: Sequence[Any], actions: Sequence[Sequence[str]]) -> np.ndarray:
         """One frame for each of B sessions in one forward pass -> (B, H, W, 3) uint8."""
