@@ -74,11 +74,13 @@ def jupyter_lab_on_quickstart(work, token: str, model: str, checkpoint=None, *, 
     work = pathlib.Path(work)
     nb = json.loads((root / "notebooks" / "01_quickstart.ipynb").read_text())
     src = "".join(nb["cells"][1]["source"])
-    nb["cells"][1]["source"] = src.replace('model_name = "tiny"', f'model_name = "{model}"')
+    default = "model_name = None"
+    assert default in src, "the quickstart's parameters cell changed: update this helper"
+    nb["cells"][1]["source"] = src.replace(default, f'model_name = "{model}"')
     if checkpoint is not None:
         load = "".join(nb["cells"][2]["source"])
-        assert "load_model()" in load, "the quickstart's model cell changed: update this helper"
-        nb["cells"][2]["source"] = load.replace("load_model()", f"load_model({str(checkpoint)!r})")
+        assert "resolve(model_name)" in load, "the quickstart's model cell changed: update this helper"
+        nb["cells"][2]["source"] = load.replace("resolve(model_name)", f"resolve({str(checkpoint)!r})")
     for src in extra_cells:
         nb["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
                             "source": src})

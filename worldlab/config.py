@@ -10,6 +10,7 @@ import pathlib
 from dataclasses import dataclass, asdict, fields
 
 
+CHECKPOINT_DIR = pathlib.Path(__file__).resolve().parent / "checkpoints"  # the shipped checkpoints
 CODECS = ("vp8", "h264")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")  # --host values that mean "every interface"  # video codecs a session may use (worldlab serve --codec)
 

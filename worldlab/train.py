@@ -61,8 +61,10 @@ def simulate(cfg: ModelConfig, rng: np.random.Generator, batch: int):
 
 def make_batch(net: WorldTransformer, cfg: ModelConfig, rng: np.random.Generator, batch: int):
     """-> obs (B, F, 3, 4) boxes of frames 0..F-1, targets (B, F, 3, 2) true positions in frames 1..F,
-    actions, themes (B, F). Observations come from the compositor (exactly the environment's frames)."""
-    _frames, pos, actions, themes = simulate(cfg, rng, batch)
+    actions, themes (B, F), on the net's device. Observations come from the compositor (exactly the
+    environment's frames)."""
+    device = next(net.parameters()).device
+    _frames, pos, actions, themes = (t.to(device) for t in simulate(cfg, rng, batch))
     obs = net.codec.observe(net.codec.compose(pos[:, :-1]))
     return obs, pos[:, 1:], actions, themes
 
@@ -75,8 +77,8 @@ def self_forced_inputs(net, obs, a, th, window, phase, rng, passes: int) -> torc
     for _ in range(passes):
         pred = net.positions(net.forward_seq(inp, a, th, window, phase=phase))  # pred[:, t] = frame t + 1
         seen = net.codec.observe(net.codec.compose(pred[:, :-1]))  # (B, F-1, 3, 4): frames 1..F-1
-        start = torch.from_numpy(rng.integers(1, Fr, size=B))
-        use = (torch.arange(1, Fr)[None] >= start[:, None])[..., None, None]  # (B, F-1, 1, 1)
+        start = torch.from_numpy(rng.integers(1, Fr, size=B)).to(obs.device)
+        use = (torch.arange(1, Fr, device=obs.device)[None] >= start[:, None])[..., None, None]  # (B, F-1, 1, 1)
         inp[:, 1:] = torch.where(use, seen, obs[:, 1:])
     return inp
 
@@ -95,8 +97,9 @@ def fit_decoder(net: WorldTransformer, cfg: ModelConfig, rng: np.random.Generato
 
 def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: int | None = None,
           progress: bool = True, log_every: int = 10, max_minutes: float | None = None,
-          init: str | pathlib.Path | None = None, lr: float | None = None) -> dict:
-    """Train from scratch, or continue from `init` (a checkpoint of the same shape) with its own schedule."""
+          init: str | pathlib.Path | None = None, lr: float | None = None, device: str = "cpu") -> dict:
+    """Train from scratch, or continue from `init` (a checkpoint of the same shape) with its own schedule,
+    on `device` (the checkpoint is written from CPU copies either way)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     steps = steps or cfg.steps
@@ -110,6 +113,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
         if loaded.cfg.to_dict() | ignore != cfg_run.to_dict() | ignore:
             raise ValueError(f"--init checkpoint {init} has a different model config than preset {cfg.name!r}")
         net.load_state_dict(loaded.state_dict())
+    net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg_run.lr, weight_decay=0.01, betas=(0.9, 0.98))
     out = pathlib.Path(out)
     log_path = out.with_suffix(".metrics.jsonl")
@@ -128,7 +132,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
                 g["lr"] = lr_at(step, cfg_run)
             obs, target, a, th = make_batch(net, cfg_run, rng, cfg.batch)
             window = cfg.window_long if rng.random() < 0.5 else cfg.window_short
-            phase = torch.from_numpy(rng.integers(0, period, size=cfg.batch))
+            phase = torch.from_numpy(rng.integers(0, period, size=cfg.batch)).to(device)
             sf = step >= cfg_run.self_forcing_from * steps
             if sf:
                 passes = int(rng.integers(1, cfg.self_forcing_passes + 1))
@@ -164,7 +168,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
                "init": str(init) if init else None,
                "final_exact_last50": float(np.mean([h["exact"] for h in history[-50:]])),
                "torch_threads": torch.get_num_threads(), "seed": seed}
-    digest = ckpt.save(out, net, calib, extra=summary)
+    digest = ckpt.save(out, net.cpu(), {k: v.cpu() for k, v in calib.items()}, extra=summary)
     summary["checkpoint_sha256_16"] = digest
     summary["metrics_log"] = str(log_path)
     return summary

@@ -77,25 +77,27 @@ def lr_at(step: int, cfg: ConvTrainConfig) -> float:
 
 
 def train_conv(out, *, seed: int = 0, cfg: ConvTrainConfig = ConvTrainConfig(), model: ConvConfig = ConvConfig(),
-               steps: int | None = None, progress: bool = True) -> dict:
-    """Train from scratch (reproducible from `seed` on one thread), save to `out` with a .metrics.jsonl log beside."""
+               steps: int | None = None, progress: bool = True, device: str = "cpu") -> dict:
+    """Train from scratch on `device` (reproducible from `seed` on one CPU thread), save to `out` with a
+    .metrics.jsonl log beside."""
     from tqdm import tqdm
 
     steps = steps or cfg.steps
     cfg = ConvTrainConfig(**{**cfg.__dict__, "steps": steps})
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = ConvNet(model)
+    net = ConvNet(model).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     log_path = pathlib.Path(out).with_suffix(".metrics.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0, losses = time.time(), []
     with open(log_path, "w") as log:
         for step in tqdm(range(steps), disable=not progress, desc="train conv"):
-            c, d = simulate(rng, cfg.batch, cfg)
+            c, d = (t.to(device) for t in simulate(rng, cfg.batch, cfg))
             own = torch.zeros(cfg.batch, dtype=torch.long)
             if step >= cfg.self_forcing_from * steps:
                 own = torch.from_numpy(rng.integers(0, 3, cfg.batch) * (rng.random(cfg.batch) < 0.5))
+            own = own.to(device)
             prev, cur = own_inputs(net, c, d, own)
             target = c[:, 4]
             nll = -target_log_prob(net(prev, cur, d[:, 3]), cur, target)  # (B, H, W)
@@ -114,7 +116,7 @@ def train_conv(out, *, seed: int = 0, cfg: ConvTrainConfig = ConvTrainConfig(), 
     summary = {"steps": steps, "seed": seed, "loss": float(np.mean(losses[-cfg.log_every:])),
                "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads()}
     # No wall time in the file: the same seed and thread count must give the same bytes (and hash).
-    digest = save(out, net, extra={"train": cfg.__dict__, **summary})
+    digest = save(out, net.cpu(), extra={"train": cfg.__dict__, **summary})
     return {**summary, "train_s": round(time.time() - t0, 1), "checkpoint": digest}
 
 

@@ -133,3 +133,20 @@ def test_sweep_cli_bad_input_is_one_line_and_leaves_no_results_file(tmp_path, ar
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not list(tmp_path.glob("*.nc"))
+
+
+def test_the_cache_key_follows_the_checkpoint_each_points_model_loads(tmp_path):
+    """A grid over `model_name` keys each point by its own model's file, so retraining conv invalidates conv's
+    points (and only those); the oracle loads no file."""
+    from worldlab.experiments.sweep import point_checkpoint, point_key
+    from worldlab.model import SHIPPED_TINY
+    from worldlab.model.conv import SHIPPED as CONV
+
+    assert point_checkpoint({"model_name": "conv"}) == CONV
+    assert point_checkpoint({}) == SHIPPED_TINY and point_checkpoint({"model_name": "oracle"}) is False
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(CONV.read_bytes())
+    nb = tmp_path / "02_three_toggles.ipynb"
+    key = point_key(nb, {"model_name": "conv", "checkpoint": str(mine)}, "c0")
+    mine.write_bytes(CONV.read_bytes() + b" ")  # same path, different file: a different key
+    assert point_key(nb, {"model_name": "conv", "checkpoint": str(mine)}, "c0") != key

@@ -129,3 +129,16 @@ def test_bad_inputs_leave_other_sessions_running(micro_ckpt):
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
     assert m.step([good], [["up"]]).shape == (1, 64, 64, 3)  # the good session is untouched
+
+
+def test_saving_the_same_model_writes_the_same_bytes(tmp_path, micro_ckpt):
+    # Several safetensors metadata keys come out in a random order per write, so the file hash (results'
+    # provenance, the sweep cache key) would vary; one key makes it a function of the weights.
+    from worldlab.model import checkpoint as ckpt
+
+    net, calib, extra, digest = ckpt.load(micro_ckpt[0])
+    hashes = {ckpt.save(tmp_path / f"again{i}.safetensors", net, calib, {"steps": 3, "seed": 0}) for i in range(8)}
+    assert len(hashes) == 1
+    again = load_model(tmp_path / "again0.safetensors")  # and the single-key layout loads back
+    assert again.cfg == net.cfg
+    assert ckpt.load(tmp_path / "again0.safetensors")[2] == {"steps": 3, "seed": 0}

@@ -4,6 +4,7 @@ drive `worldlab models`, eval, serve (an in-process client) and the widget's tog
 import asyncio
 import importlib.metadata
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -70,9 +71,22 @@ def test_cuda_device_without_cuda_is_one_line(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: --device cuda is valid here")
-    assert main(["bench", "--model", "oracle", "--device", "cuda", "--steps", "10"]) != 0
-    err = capsys.readouterr().err.strip()
-    assert "this machine has no CUDA device" in err and len(err.splitlines()) == 1
+    for argv in (["bench", "--model", "oracle", "--device", "cuda", "--steps", "10"],
+                 ["train", "--preset", "micro", "--out", "/tmp/never.safetensors", "--device", "cuda:1"],
+                 ["lab", "--dry-run", "--device", "cuda"]):
+        assert main(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert "this machine has no CUDA device" in err and len(err.splitlines()) == 1, argv
+    assert not pathlib.Path("/tmp/never.safetensors").exists()
+
+
+def test_lab_hands_model_and_device_to_the_quickstart(capsys):
+    """`worldlab lab --model/--device` reach the quickstart's parameters through the kernels' environment."""
+    assert main(["lab", "--dry-run", "--model", "conv", "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("WORLDLAB_MODEL=conv WORLDLAB_DEVICE=cpu ") and "01_quickstart.ipynb" in line
+    assert main(["lab", "--dry-run", "--model", "nope"]) != 0
+    assert "unknown model 'nope'" in capsys.readouterr().err
 
 
 def test_eval_runs_a_module_factory_model(capsys):
@@ -136,3 +150,24 @@ def test_player_on_a_device_this_machine_lacks_is_one_line():
     with pytest.raises(ValueError, match="this machine has no CUDA device") as exc:
         Player("oracle", device="cuda:1")
     assert "\n" not in str(exc.value)
+
+
+def test_train_on_a_device_and_results_name_the_models_own_checkpoint(tmp_path, capsys):
+    """--device cpu trains both families; a results file hashes the file the model really loaded."""
+    from worldlab.experiments.provenance import checkpoint_sha256
+    from worldlab.experiments.results import load_dataset
+    from worldlab.model.conv import SHIPPED as CONV
+
+    for preset in ("micro", "conv"):
+        out = tmp_path / f"{preset}.safetensors"
+        assert main(["train", "--preset", preset, "--steps", "2", "--device", "cpu", "--out", str(out), "--json"]) == 0
+        capsys.readouterr()
+        assert resolve(str(out) if preset == "micro" else "conv").build(checkpoint=str(out)).step  # loads back
+    assert main(["eval", "--model", "conv", "--seeds", "1", "--steps", "2", "--out", str(tmp_path / "c.nc"),
+                 "--json"]) == 0
+    ds = load_dataset(tmp_path / "c.nc")
+    assert ds.attrs["model"] == "conv" and ds.attrs["checkpoint_sha256"] == checkpoint_sha256(CONV)
+    assert main(["bench", "--model", TOY, "--steps", "10", "--batches", "1", "--out", str(tmp_path / "b.nc"),
+                 "--json"]) == 0
+    ds = load_dataset(tmp_path / "b.nc")
+    assert ds.attrs["checkpoint_sha256"] == "none" and ds.attrs["model"] == TOY  # no file to hash

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from worldlab.evaluate import PSNR_CAP
-from worldlab.experiments.provenance import PROVENANCE_KEYS
+from worldlab.experiments.provenance import PROVENANCE_KEYS, checkpoint_sha256
 from worldlab.experiments.results import load_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ MEASURED = [("fp32", "short", "none"), ("w4a4", "short", "none"), ("w4a4", "long
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("model_name", ["oracle", "tiny"])
+@pytest.mark.parametrize("model_name", ["oracle", "tiny", "conv"])
 def test_quickstart_runs_headless_under_papermill(tmp_path, model_name):
     import papermill as pm
 
@@ -32,9 +32,16 @@ def test_quickstart_runs_headless_under_papermill(tmp_path, model_name):
     assert ds.attrs["model"] == model_name and ds.attrs["frontend"] == "none attached"
     assert 20 <= ds.attrs["live_frames"] <= 40 and ds.attrs["live_fps_actual"] >= 20  # 1 s at 30 fps
     if model_name == "oracle":
-        assert "psnr" not in ds and ds.attrs["checkpoint_sha256"] == "none (oracle)"
+        assert "psnr" not in ds and ds.attrs["checkpoint_sha256"] == "none"
         return
-    assert len(ds.attrs["checkpoint_sha256"]) == 64
+    if model_name == "conv":  # a plug-in with fixed toggles: only the setting it supports is measured, on its file
+        from worldlab.model.conv import SHIPPED as CONV
+
+        assert ds.attrs["checkpoint_sha256"] == checkpoint_sha256(CONV)
+        assert ds.psnr_mean.size == 1 and (ds.weights.item(), ds.window.item(), ds.kv.item()) == MEASURED[0]
+        assert 10 < float(ds.psnr_mean) <= PSNR_CAP and int(ds.kv_bytes) == 0
+        return
+    assert ds.attrs["checkpoint_sha256"] == checkpoint_sha256(SHIPPED)
     measured = [c for c in np.ndindex(ds.psnr_mean.shape) if np.isfinite(ds.psnr_mean.values[c])]
     labels = sorted(tuple(ds[d].values[i] for d, i in zip(("weights", "window", "kv"), c)) for c in measured)
     assert labels == sorted(MEASURED)

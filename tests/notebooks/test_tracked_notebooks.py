@@ -9,8 +9,9 @@ import pytest
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 PARAMETERS = {
-    "01_quickstart": {"model_name", "prompt", "record_seconds", "eval_seeds", "eval_steps", "out"},
-    "02_three_toggles": {"weights", "window", "kv", "seeds", "steps", "out", "checkpoint", "encode", "threads"},
+    "01_quickstart": {"model_name", "device", "prompt", "record_seconds", "eval_seeds", "eval_steps", "out"},
+    "02_three_toggles": {"weights", "window", "kv", "seeds", "steps", "out", "model_name", "checkpoint", "device", "encode",
+                         "threads"},
     "03_latency_budget": {"model_name", "seconds", "weights", "window", "kv", "out"},
     "04_drift": {"steps", "seeds", "anchors", "windows", "kvs", "weights", "out"},
     "05_cost_model": {"gpu_usd_per_hour", "egress_usd_per_gb", "utilization", "relay_pct", "measured", "out"},

@@ -27,6 +27,7 @@ def register(sub) -> None:
     t.add_argument("--init", default=None, help="continue from this checkpoint (same preset) instead of scratch")
     t.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
     t.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=run_train)
 
@@ -76,19 +77,21 @@ def run_train(args) -> int:
     import torch
 
     from worldlab.config import preset
+    from worldlab.model.registry import resolve_device
     from worldlab.train import train
 
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     if args.preset == "conv":  # a different model family with its own trainer
         from worldlab.train_conv import train_conv
 
         if args.init or args.lr:
             raise ValueError("--init and --lr apply to the transformer presets, not conv")
-        summary = train_conv(args.out, seed=args.seed, steps=args.steps, progress=not args.json)
+        summary = train_conv(args.out, seed=args.seed, steps=args.steps, progress=not args.json, device=device)
         print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
         return 0
     summary = train(preset(args.preset), args.out, seed=args.seed, steps=args.steps, progress=not args.json,
-                    init=args.init, lr=args.lr)
+                    init=args.init, lr=args.lr, device=device)
     print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
     return 0
 
@@ -136,9 +139,10 @@ def run_bench(args) -> int:
     _check_out(args.out)
     started = now()
     batches = tuple(_parse_ints("batches", args.batches))
-    res = bench(build_model(args), steps=args.steps, batches=batches)
+    model = build_model(args)
+    res = bench(model, steps=args.steps, batches=batches)
     if args.out:
-        save_dataset(bench_dataset(res, _toggles_of(args), args.checkpoint, started_at=started), args.out)
+        save_dataset(bench_dataset(res, _toggles_of(args), args.checkpoint, started_at=started, model=model), args.out)
     if args.json:
         print(json.dumps(res))
         return 0

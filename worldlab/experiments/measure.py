@@ -41,13 +41,15 @@ def encode_cost(frames: np.ndarray, rung: str = ENCODE_RUNG, cfg: SessionConfig 
 
 
 def measure_toggles(toggles: Toggles, seeds, steps: int, *, checkpoint=None, model=None, encode: bool = True,
-                    fps_target: float = SessionConfig.fps_target) -> xr.Dataset:
-    """Load (or take) the model under `toggles`, roll out every seed, and return the Dataset."""
-    from worldlab.model import load_model
+                    fps_target: float = SessionConfig.fps_target, model_name: str = "tiny",
+                    device: str = "cpu") -> xr.Dataset:
+    """Build `model_name` (what --model takes) under `toggles` on `device`, or take `model`, roll out every
+    seed, and return the Dataset."""
+    from worldlab.model.registry import resolve
 
     started = now()
     if model is None:
-        model = load_model(checkpoint, **toggles.to_dict())
+        model = resolve(model_name).build(toggles, device, checkpoint)
     res, runs = evaluate_runs(model, seeds, steps)
     return eval_dataset(res, runs, toggles, model, checkpoint=checkpoint, encode=encode, fps_target=fps_target,
                         started_at=started)
@@ -79,7 +81,7 @@ def eval_dataset(res: dict, runs: list[dict], toggles: Toggles, model, *, checkp
         ds["bitrate_kbps"] = float(ds["frame_bytes"].mean()) * fps_target * 8 / 1000
     described = describe(model)
     ds = ds.assign_coords(toggles.to_dict())
-    ds.attrs.update(provenance(checkpoint if described["model"] != "oracle" else None, started_at=started_at))
+    ds.attrs.update(provenance(checkpoint, started_at=started_at, model=model))
     ds.attrs.update({"steps": int(steps), "seeds": list(seeds), "model": str(described["model"]),
                      "encode_rung": ENCODE_RUNG if encode else "none",
                      "encode_s": round(time.perf_counter() - t0, 3)})
@@ -87,7 +89,8 @@ def eval_dataset(res: dict, runs: list[dict], toggles: Toggles, model, *, checkp
     return ds
 
 
-def bench_dataset(res: dict, toggles: Toggles, checkpoint=None, started_at: str | None = None) -> xr.Dataset:
+def bench_dataset(res: dict, toggles: Toggles, checkpoint=None, started_at: str | None = None,
+                  model=None) -> xr.Dataset:
     """`worldlab bench` figures -> a Dataset: model_ms per timed step (dim `sample`), throughput per batch."""
     batches = sorted(res["batch_fps"])
     ds = xr.Dataset({"model_ms": (("sample",), np.asarray(res["model_ms"], dtype=np.float64)),
@@ -98,8 +101,8 @@ def bench_dataset(res: dict, toggles: Toggles, checkpoint=None, started_at: str 
               "threads"):
         ds[k] = res[k]
     ds = ds.assign_coords(toggles.to_dict())
-    ds.attrs.update(provenance(checkpoint, started_at=started_at))
-    ds.attrs.update({"steps": int(res["steps"]), "model": "tiny"})
+    ds.attrs.update(provenance(checkpoint, started_at=started_at, model=model))
+    ds.attrs.update({"steps": int(res["steps"]), "model": str(describe(model)["model"]) if model is not None else "tiny"})
     _describe_vars(ds)
     return ds
 

@@ -61,9 +61,12 @@ def gpu_name() -> str:
 
 
 def checkpoint_sha256(checkpoint=None) -> str:
-    """sha256 of a checkpoint file (default: the shipped one); "none" for the oracle or a missing file."""
+    """sha256 of a checkpoint file (None: the shipped tiny one); "none" for False (a model without a
+    checkpoint, e.g. the oracle) or a missing file."""
     from worldlab.model.checkpoint import SHIPPED, file_sha256
 
+    if checkpoint is False:
+        return "none"
     path = pathlib.Path(checkpoint) if checkpoint else SHIPPED
     return file_sha256(path) if path.is_file() else "none"
 
@@ -77,7 +80,22 @@ def code_version() -> str:
     return f"{commit}+{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
 
 
-def provenance(checkpoint=None, started_at: str | None = None) -> dict:
+def model_checkpoint(model, checkpoint=None):
+    """The file `model` was loaded from: `checkpoint`, else its `checkpoint_path`, else its plug-in's file;
+    False for a model that loads none (the oracle, a hand-written model), so no file is hashed for it."""
+    if checkpoint:
+        return checkpoint
+    path = getattr(model, "checkpoint_path", None)
+    if path:
+        return path
+    plugin = getattr(model, "plugin", None)
+    return (plugin.checkpoint_file() if plugin is not None else None) or False
+
+
+def provenance(checkpoint=None, started_at: str | None = None, model=None) -> dict:
+    """Provenance attrs; with `model`, its checkpoint (model_checkpoint) is the one hashed."""
+    if model is not None:
+        checkpoint = model_checkpoint(model, checkpoint)
     commit, dirty = git_state()
     return {
         "git_commit": commit,

@@ -27,10 +27,21 @@ class SweepError(ValueError):
     """The sweep cannot start (bad scheduler, bad output); one line."""
 
 
+def point_checkpoint(point: dict):
+    """The checkpoint file a point's model loads (`model_name`, what --model takes; default tiny), False for
+    a model without one; an unknown model gives None here and its one-line error when the point runs."""
+    from worldlab.model.registry import resolve
+
+    try:
+        return resolve(str(point.get("model_name", "tiny"))).checkpoint_file(point.get("checkpoint")) or False
+    except ValueError:
+        return None
+
+
 def point_key(notebook: pathlib.Path, point: dict, code: str) -> str:
-    """Cache key: notebook name + parameters + code version + checkpoint hash."""
+    """Cache key: notebook name + parameters + code version + the hash of the checkpoint the model loads."""
     blob = json.dumps({"notebook": notebook.stem, "params": point, "code": code,
-                       "checkpoint": checkpoint_sha256(point.get("checkpoint"))}, sort_keys=True, default=str)
+                       "checkpoint": checkpoint_sha256(point_checkpoint(point))}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -131,7 +142,7 @@ def run_sweep(grid_path, out, *, workers: int = 2, scheduler: str | None = None,
     out = check_out_path(out).resolve()  # each notebook runs with its own cwd: hand it absolute paths
     grid = load_grid(grid_path)
     started, code = now(), code_version()
-    stamp = provenance(grid.fixed.get("checkpoint"), started_at=started)  # the tree as the sweep starts
+    stamp = provenance(point_checkpoint(grid.fixed), started_at=started)  # the tree as the sweep starts
     run_dir = out.with_name(f"{out.stem}_runs")
     run_dir.mkdir(exist_ok=True)
     records, todo = [], []

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+from worldlab.config import CHECKPOINT_DIR
 from worldlab.model.protocol import KEYS, WorldModel
 
 __all__ = ["KEYS", "WorldModel", "load_model", "start_session", "tiny", "CONTEXT_FRAMES"]
 
 CONTEXT_FRAMES = 8
+SHIPPED_TINY = CHECKPOINT_DIR / "tiny.safetensors"
 
 
 def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", device="cpu", sink=None):
@@ -34,11 +36,13 @@ def load_model(checkpoint=None, *, weights="fp32", kv="none", window="short", de
 def tiny(*, toggles=None, device: str = "cpu", checkpoint=None):
     """The in-project block-causal transformer: the shipped tiny checkpoint, or the one given."""
     from worldlab.config import Toggles
-    from worldlab.model.checkpoint import SHIPPED
 
-    if checkpoint is None and not SHIPPED.is_file():
-        raise FileNotFoundError(f"no shipped checkpoint at {SHIPPED}; pass --checkpoint or --model oracle")
+    if checkpoint is None and not SHIPPED_TINY.is_file():
+        raise FileNotFoundError(f"no shipped checkpoint at {SHIPPED_TINY}; pass --checkpoint or --model oracle")
     return load_model(checkpoint, device=device, **(toggles or Toggles()).to_dict())
+
+
+tiny.default_checkpoint = SHIPPED_TINY  # the registry hashes it for provenance and the sweep cache
 
 
 def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):

@@ -13,16 +13,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from worldlab.config import ModelConfig
+from worldlab.model import SHIPPED_TINY as SHIPPED
 from worldlab.model.transformer import WorldTransformer
 
-SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny.safetensors"
 CALIB_PREFIX = "calib."
+META_KEY = "worldlab"  # one metadata key: safetensors writes several in a random order, and the hash must not vary
 
 
 def save(path, net: WorldTransformer, calib: dict[str, torch.Tensor], extra: dict | None = None) -> str:
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     tensors.update({CALIB_PREFIX + k: v.contiguous() for k, v in calib.items()})
-    meta = {"config": json.dumps(net.cfg.to_dict()), "extra": json.dumps(extra or {})}
+    meta = {META_KEY: json.dumps({"config": net.cfg.to_dict(), "extra": extra or {}}, sort_keys=True)}
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -43,10 +44,18 @@ def file_hash(path) -> str:
 
 
 def read_metadata(path) -> dict:
+    """{"config": json str, "extra": json str} from either layout (one `worldlab` key, or the older two keys)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
+        meta = f.metadata() or {}
+    if META_KEY in meta:
+        try:
+            both = json.loads(meta[META_KEY])
+            return {"config": json.dumps(both["config"]), "extra": json.dumps(both.get("extra", {}))}
+        except (ValueError, KeyError, TypeError):
+            return {}
+    return meta
 
 
 def resolve(path=None) -> pathlib.Path:

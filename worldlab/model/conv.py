@@ -17,10 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from worldlab import env
-from worldlab.config import Toggles
+from worldlab.config import CHECKPOINT_DIR, Toggles
 from worldlab.model.sprites import N_CLASSES, all_palettes
 
-SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "conv.safetensors"
+SHIPPED = CHECKPOINT_DIR / "conv.safetensors"
 REACH = 2  # px a source offset may reach: the fastest thing in the world moves 2 px a frame
 OFFSETS = tuple((dy, dx) for dy in range(-REACH, REACH + 1) for dx in range(-REACH, REACH + 1))
 N_OUT = len(OFFSETS) + N_CLASSES  # per-pixel logits: copy from an offset, or draw a class anew
@@ -211,3 +211,4 @@ def conv(*, toggles: Toggles | None = None, device: str = "cpu", checkpoint=None
 
 
 conv.supports = SUPPORTS
+conv.default_checkpoint = SHIPPED

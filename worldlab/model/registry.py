@@ -2,7 +2,8 @@
 any installed package under the entry-point group `worldlab.models` (docs/byom.md).
 
 A factory is called as factory(toggles=Toggles, device=str, checkpoint=str|None) and returns a WorldModel;
-its `supports` attribute (toggle name -> allowed values) says which toggle values it can honour.
+its optional attributes: `supports` (toggle name -> allowed values it can honour) and `default_checkpoint`
+(the file it loads when given none: hashed for provenance and the sweep cache).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class Plugin:
         doc = (getattr(self.factory, "__doc__", None) or "").strip()
         return doc.splitlines()[0] if doc else ""
 
+    def checkpoint_file(self, checkpoint=None) -> pathlib.Path | None:
+        """The file this model loads: `checkpoint`, the plug-in's own, or the factory's default (None: no file)."""
+        path = checkpoint or self.checkpoint or getattr(self.factory, "default_checkpoint", None)
+        return pathlib.Path(path) if path else None
+
     def check(self, toggles: Toggles) -> None:
         """ValueError naming the first toggle value this model cannot honour (one clear line)."""
         for name, allowed in self.supports.items():
@@ -48,12 +54,13 @@ class Plugin:
                                  f"(it supports {name}: {', '.join(allowed)})")
 
     def build(self, toggles: Toggles = Toggles(), device: str = "cpu", checkpoint: str | None = None):
-        """The WorldModel for these toggles; the model remembers this plug-in (`model.plugin`) so toggle
-        variants (the widget, the served page) are rebuilt from the same factory and checkpoint."""
+        """The WorldModel for these toggles; the model remembers this plug-in and the toggles it was built
+        with (`model.plugin`, `model.toggles`) so toggle variants (the widget, the served page) are rebuilt
+        from the same factory and checkpoint."""
         self.check(toggles)
         model = self.factory(toggles=toggles, device=device, checkpoint=checkpoint or self.checkpoint)
         try:
-            model.plugin = self
+            model.plugin, model.toggles = self, toggles
         except AttributeError:  # a model with __slots__: variants fall back to its own toggles only
             pass
         return model
@@ -113,6 +120,12 @@ def _load(what: str, load: Callable[[], Any]):
 def plugin_of(model) -> Plugin | None:
     """The plug-in a model was built by (None for a model built by hand)."""
     return getattr(model, "plugin", None)
+
+
+def toggles_of(model) -> Toggles | None:
+    """The toggles a model runs with: what its plug-in built it with, else its own `toggles` (None: it has none)."""
+    toggles = getattr(model, "toggles", None)
+    return toggles if isinstance(toggles, Toggles) else None
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from worldlab import env
-from worldlab.config import ModelConfig
+from worldlab.config import ModelConfig, Toggles
 from worldlab.kernels.kv_cache import KINDS, make_kv_cache
 from worldlab.model.transformer import WorldTransformer
 
@@ -51,6 +51,7 @@ class TransformerWorldModel:
             raise ValueError(f"kv must be one of {KINDS}, got {kv!r}")
         self.net, self.cfg = net.eval(), _with_sink(cfg, sink)
         self.weights, self.kv, self.window_name = weights, kv, window
+        self.toggles = Toggles(weights, window, kv)  # what the widget and the served page show as current
         self.window = cfg.window(window)
         self.device = torch.device(device)
         self.frame_shape = (cfg.image_size, cfg.image_size, 3)

@@ -65,26 +65,27 @@ class ModelPool:
     """Model variants by toggle setting, each with its own scheduler thread, started on first use.
 
     Variants are built by the plug-in the model came from (worldlab.model.registry), from the checkpoint the
-    Player was given or the model's own; a transformer built by hand reloads through the `tiny` plug-in."""
+    Player was given or the model's own; a transformer built by hand (load_model) reloads through `tiny`."""
 
     def __init__(self, checkpoint=None, base_model=None, device: str = "cpu"):
         from worldlab.model.registry import plugin_of, resolve
+        from worldlab.model.world_model import TransformerWorldModel
 
         self.device = device
         self.checkpoint = checkpoint if checkpoint is not None else getattr(base_model, "checkpoint_path", None)
         self.variants: dict[tuple, tuple] = {}
         self.base_model = base_model
         self.plugin = plugin_of(base_model)
-        if self.plugin is None and (base_model is None or hasattr(base_model, "net")):
+        if self.plugin is None and (base_model is None or isinstance(base_model, TransformerWorldModel)):
             self.plugin = resolve("tiny")
         self._lock = threading.Lock()  # the main thread and the relay (media thread) both switch
 
     def base_toggles(self) -> dict | None:
-        """The toggles the given model was built with (None for a model without them, e.g. the oracle)."""
-        m = self.base_model
-        if m is None or not hasattr(m, "net"):
-            return None
-        return {"weights": m.weights, "window": m.window_name, "kv": m.kv}
+        """The toggles the given model runs with (None for a model that does not say)."""
+        from worldlab.model.registry import toggles_of
+
+        toggles = toggles_of(self.base_model)
+        return None if toggles is None else toggles.to_dict()
 
     def supports(self, current: dict) -> dict[str, list]:
         """Toggle values the page may offer: the plug-in's; only the current ones for a hand-built model."""
