@@ -39,7 +39,7 @@ def test_quickstart_runs_headless_under_papermill(tmp_path, model_name):
 
         assert ds.attrs["checkpoint_sha256"] == checkpoint_sha256(CONV)
         assert ds.psnr_mean.size == 1 and (ds.weights.item(), ds.window.item(), ds.kv.item()) == MEASURED[0]
-        assert 10 < float(ds.psnr_mean) <= PSNR_CAP and int(ds.kv_bytes) == 0
+        assert 10 < ds.psnr_mean.item() <= PSNR_CAP and ds.kv_bytes.item() == 0
         return
     assert ds.attrs["checkpoint_sha256"] == checkpoint_sha256(SHIPPED)
     measured = [c for c in np.ndindex(ds.psnr_mean.shape) if np.isfinite(ds.psnr_mean.values[c])]
