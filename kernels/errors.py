@@ -1,6 +1,7 @@
 """Input validation shared by every kernel entry point: one clear ValueError naming the argument.
 
-NaN/Inf policy: quantizers reject non-finite input (a NaN would poison a whole 16-element block's scale).
+NaN/Inf policy: quantizers reject non-finite input (a NaN would poison a whole 16-element block's scale),
+except while a CUDA graph is being captured: a value check needs the host, which capture forbids.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ def check_block_multiple(name: str, x: torch.Tensor, block: int) -> None:
         raise ValueError(f"{name}.shape[-1] = {x.shape[-1]} must be a multiple of {block}")
 
 
+def capturing() -> bool:
+    """True while the current CUDA stream records a graph: value checks are skipped then (the eager warm-up
+    steps ran the same code with checks on; a replay re-runs the recorded kernels, never these checks)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
+    if capturing():
+        return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); quantization needs finite input")

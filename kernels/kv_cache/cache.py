@@ -2,6 +2,8 @@
 
 Compression happens on write (quantize the appended frame); scales are per (batch, head, frame) so a
 frame is quantized once and never touched again. kv_bytes() counts every byte actually allocated.
+`write_at` / `attend_at` take the slot and frame as device tensors (no host value in the launch), so a
+CUDA graph can record them once and replay them every frame.
 """
 
 from __future__ import annotations
@@ -79,23 +81,42 @@ class KVCache:
         self.last_frame = frame
         return slot
 
-    def _write(self, buf, slot: int, x: torch.Tensor) -> None:
+    def write_at(self, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, frame: torch.Tensor) -> None:
+        """Store one frame block at `slot` as frame `frame` (both (1,) int64 on the cache's device). Unchecked
+        and without host bookkeeping: the caller (the model's graph-safe step) validated the stream and moves
+        `last_frame` itself with `note_frame`."""
+        for name, t in (("k", k), ("v", v)):
+            self._write(self.store[name], slot, t.detach())
+        self.frame_id.index_copy_(0, slot, frame)
+
+    def note_frame(self, frame: int) -> None:
+        self.last_frame = int(frame)
+
+    def _write(self, buf, slot, x: torch.Tensor) -> None:
+        """slot: an int, or a (1,) int64 device tensor (written with index_copy_, graph-safe)."""
         x = x.to(self.device, torch.float32)
         if self.kind == "none":
-            buf[0][:, :, slot] = x.to(self.dtype)
+            self._put(buf[0], slot, x.to(self.dtype))
             return
         # One scale per head per frame, written through the dispatched quantizers (Triton on CUDA).
         if self.kind == "fp8":  # per-row FP8 over the frame's T*D values is exactly that scale
             q = fp8.quantize(x.reshape(self.B, self.H, self.T * self.D))
-            buf[0][:, :, slot] = q.data.view(torch.uint8).reshape(x.shape)
-            buf[1][:, :, slot] = q.scale[..., 0]
+            self._put(buf[0], slot, q.data.view(torch.uint8).reshape(x.shape))
+            self._put(buf[1], slot, q.scale[..., 0])
             return
         amax = x.abs().amax(dim=(-2, -1))  # (B, H)
         pts = torch.where(amax > 0, amax / PER_TENSOR_DIVISOR, torch.ones_like(amax))
         packed, scales = nvfp4.quantize_rows(x, pts[..., None])
-        buf[0][:, :, slot] = packed
-        buf[1][:, :, slot] = scales
-        buf[2][:, :, slot] = pts
+        self._put(buf[0], slot, packed)
+        self._put(buf[1], slot, scales)
+        self._put(buf[2], slot, pts)
+
+    @staticmethod
+    def _put(dst: torch.Tensor, slot, value: torch.Tensor) -> None:
+        if isinstance(slot, torch.Tensor):
+            dst.index_copy_(2, slot, value.unsqueeze(2))
+        else:
+            dst[:, :, slot] = value
 
     # -- reading -------------------------------------------------------------------------------
     def frame_ids(self) -> list[int]:
@@ -111,12 +132,13 @@ class KVCache:
             return e4m3_lut(self.device)[buf[0].long()] * buf[1][..., None, None]
         return nvfp4_ref.dequantize(buf[0], buf[1], buf[2][..., None, None])
 
-    def slot_bias(self, q_frame: int, slopes: torch.Tensor | None) -> torch.Tensor:
-        """(H, n_slots) additive bias: -slope * age, -inf for empty slots."""
+    def slot_bias(self, q_frame, slopes: torch.Tensor | None) -> torch.Tensor:
+        """(H, n_slots) additive bias: -slope * age, -inf for empty slots; q_frame an int or a (1,) tensor."""
         valid = self.frame_id >= 0
         bias = torch.zeros((self.H, self.n_slots), dtype=torch.float32, device=self.device)
         if slopes is not None:
-            age = alibi_ages(torch.tensor(q_frame, device=self.device), self.frame_id, self.sink, self.window)
+            qf = q_frame.reshape(()) if isinstance(q_frame, torch.Tensor) else torch.tensor(q_frame, device=self.device)
+            age = alibi_ages(qf, self.frame_id, self.sink, self.window)
             bias = -slopes.to(self.device, torch.float32)[:, None] * age.to(torch.float32)[None, :]
         return bias.masked_fill(~valid[None, :], float("-inf"))
 
@@ -130,6 +152,10 @@ class KVCache:
         if slopes is not None and tuple(slopes.shape) != (self.H,):
             raise ValueError(f"slopes must have shape ({self.H},), got {tuple(slopes.shape)}")
         q_frame = self.last_frame if q_frame is None else int(q_frame)
+        return implementation("kv_cache", q).attend(self, q.to(torch.float32), q_frame, slopes)
+
+    def attend_at(self, q: torch.Tensor, q_frame: torch.Tensor, slopes: torch.Tensor | None) -> torch.Tensor:
+        """attend() for the graph-safe step: q_frame a (1,) int64 device tensor, no checks (see write_at)."""
         return implementation("kv_cache", q).attend(self, q.to(torch.float32), q_frame, slopes)
 
     # -- bookkeeping ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 
-def attend(cache, q: torch.Tensor, q_frame: int, slopes) -> torch.Tensor:
+def attend(cache, q: torch.Tensor, q_frame, slopes) -> torch.Tensor:
+    """q_frame: an int, or a (1,) int64 tensor (the graph-safe step's)."""
     B, H, n, T, D = cache.B, cache.H, cache.n_slots, cache.T, cache.D
     k = cache.decoded("k").reshape(B, H, n * T, D)
     v = cache.decoded("v").reshape(B, H, n * T, D)

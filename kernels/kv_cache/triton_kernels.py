@@ -45,7 +45,7 @@ def _load_kv_tile(data_ptr, scales_ptr, frame_scale_ptr, lut_ptr, slut_ptr, bh, 
 
 @triton.jit
 def _attend_kernel(q_ptr, out_ptr, k_data, k_scales, k_fs, v_data, v_scales, v_fs, fid_ptr, slope_ptr,
-                   lut_ptr, slut_ptr, H, Tq, T, n_slots, q_frame, sink, window, sm_scale,
+                   lut_ptr, slut_ptr, H, Tq, T, n_slots, qf_ptr, sink, window, sm_scale,
                    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, KIND: tl.constexpr,
                    HAS_SLOPES: tl.constexpr):
     bh = tl.program_id(0)
@@ -56,6 +56,7 @@ def _attend_kernel(q_ptr, out_ptr, k_data, k_scales, k_fs, v_data, v_scales, v_f
     qmask = rm[:, None] < Tq
     q = tl.load(q_ptr + (bh * Tq + rm[:, None]).to(tl.int64) * D + rd[None, :], mask=qmask, other=0.0)
     slope = 0.0
+    q_frame = tl.load(qf_ptr)  # from memory, not an argument: a replayed CUDA graph reads this frame's id
     if HAS_SLOPES:
         slope = tl.load(slope_ptr + bh % H)
     m_i = tl.full((BM,), -1.0e30, dtype=tl.float32)
@@ -85,7 +86,8 @@ def _attend_kernel(q_ptr, out_ptr, k_data, k_scales, k_fs, v_data, v_scales, v_f
     tl.store(out_ptr + (bh * Tq + rm[:, None]).to(tl.int64) * D + rd[None, :], out, mask=qmask)
 
 
-def attend(cache, q: torch.Tensor, q_frame: int, slopes) -> torch.Tensor:
+def attend(cache, q: torch.Tensor, q_frame, slopes) -> torch.Tensor:
+    """q_frame: an int, or a (1,) int64 tensor on q's device (the graph-safe step's)."""
     B, H, Tq, D = q.shape
     q = q.contiguous()
     out = torch.empty_like(q)
@@ -95,11 +97,13 @@ def attend(cache, q: torch.Tensor, q_frame: int, slopes) -> torch.Tensor:
     k_args = (k[0], k[1] if kind == 2 else dummy, k[-1] if kind else dummy)
     v_args = (v[0], v[1] if kind == 2 else dummy, v[-1] if kind else dummy)
     slope_t = slopes.to(q.device, torch.float32).contiguous() if slopes is not None else dummy
+    qf = q_frame.reshape(1).to(torch.int64) if isinstance(q_frame, torch.Tensor) else \
+        torch.full((1,), int(q_frame), dtype=torch.int64, device=q.device)
     BM = 16
     # Key tiles of 32 tokens: a multiple of 16 for tl.dot, small enough that the interpreter stays quick.
     BN = 32 if not q.is_cuda else 64
     grid = (B * H, triton.cdiv(Tq, BM))
     _attend_kernel[grid](q, out, *k_args, *v_args, cache.frame_id, slope_t, e2m1_lut(q.device), e4m3_lut(q.device),
-                         H, Tq, cache.T, cache.n_slots, q_frame, cache.sink, cache.window, 1.0 / math.sqrt(D),
+                         H, Tq, cache.T, cache.n_slots, qf, cache.sink, cache.window, 1.0 / math.sqrt(D),
                          D=D, BM=BM, BN=BN, KIND=kind, HAS_SLOPES=slopes is not None)
     return out

@@ -6,6 +6,8 @@ codes per byte, even element in the LOW nibble; 16-element blocks share one E4M3
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 BLOCK = 16  # elements per shared block scale
@@ -23,13 +25,24 @@ E2M1_MIDPOINT_INCLUSIVE = (False, True, False, True, False, True, False)
 
 
 def e2m1_lut(device=None) -> torch.Tensor:
-    """fp32 value of each 4-bit code 0..15 (bit 3 = sign)."""
+    """fp32 value of each 4-bit code 0..15 (bit 3 = sign); one shared read-only table per device."""
+    return _e2m1_lut(str(torch.device(device or "cpu")))
+
+
+def e4m3_lut(device=None) -> torch.Tensor:
+    """fp32 value of each E4M3 (fn variant) byte 0..255; 0x7f/0xff (NaN) decode to NaN. Shared, read-only."""
+    return _e4m3_lut(str(torch.device(device or "cpu")))
+
+
+# Cached so a kernel called inside a CUDA-graph capture never copies a table from the host (capture forbids it).
+@functools.lru_cache(maxsize=None)
+def _e2m1_lut(device: str) -> torch.Tensor:
     mags = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=device)
     return torch.cat([mags, -mags])
 
 
-def e4m3_lut(device=None) -> torch.Tensor:
-    """fp32 value of each E4M3 (fn variant) byte 0..255; 0x7f/0xff (NaN) decode to NaN."""
+@functools.lru_cache(maxsize=None)
+def _e4m3_lut(device: str) -> torch.Tensor:
     b = torch.arange(256, dtype=torch.int32, device=device)
     sign = torch.where(b >= 128, -1.0, 1.0)
     e = (b >> 3) & 0xF

@@ -138,3 +138,29 @@ def test_writes_go_through_the_dispatched_quantizers(kind, case, monkeypatch):
         stored[impl] = [t.clone() for side in ("k", "v") for t in c.store[side]]
         assert used == [f"worldlab.kernels.{kind}.{'triton_kernels' if impl == 'triton' else 'reference'}"] * (2 * case[-1])
     assert all(torch.equal(a, b) for a, b in zip(stored["reference"], stored["triton"]))
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["none", "fp8", "nvfp4"])
+@pytest.mark.parametrize("case", CASES)
+def test_graph_safe_write_and_attend_equal_the_checked_ones(kind, case):
+    """write_at/attend_at take slot and frame as device tensors (what a CUDA graph replays with this tick's
+    values): same stored bytes and, on both backends, the same attention as append_frame/attend, ring wrap
+    included."""
+    from worldlab.kernels.kv_cache import triton_kernels
+
+    B, H, T, D, S, W, n = case
+    a = filled(kind, *case, seed=5)
+    b = make_kv_cache(kind, batch=B, heads=H, head_dim=D, tokens_per_frame=T, sink=S, window=W)
+    torch.manual_seed(5)
+    for f in range(n):
+        k, v = torch.randn(B, H, T, D), torch.randn(B, H, T, D)
+        b.write_at(k, v, torch.tensor([b.slot_for(f)]), torch.tensor([f]))
+        b.note_frame(f)
+    assert torch.equal(a.frame_id, b.frame_id) and b.last_frame == a.last_frame == n - 1
+    for name in ("k", "v"):
+        assert all(torch.equal(x, y) for x, y in zip(a.store[name], b.store[name]))
+    q, slopes = torch.randn(B, H, T, D), torch.tensor([0.5, 0.25][:H])
+    qf = torch.tensor([n - 1])
+    assert torch.equal(a.attend(q, n - 1, slopes), b.attend_at(q, qf, slopes))
+    assert (triton_kernels.attend(a, q, n - 1, slopes) - triton_kernels.attend(b, q, qf, slopes)).abs().max() == 0

@@ -20,6 +20,8 @@ def add_model_arguments(p, default: str = "tiny") -> None:
                         "importable factory")
     p.add_argument("--checkpoint", default=None, help="checkpoint for the model (default: the model's own)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
+    p.add_argument("--cuda-graphs", default="on", choices=("on", "off"),
+                   help="replay the steady step from a CUDA graph on CUDA (models that capture; default on)")
     add_toggle_arguments(p)
 
 
@@ -32,6 +34,12 @@ def build_model(args):
     plugin = resolve(args.model)
     toggles = Toggles(args.weights, args.window, args.kv)
     plugin.check(toggles)  # before a device or checkpoint is looked at
+    if getattr(args, "cuda_graphs", "on") == "off":  # process-wide: toggle variants built later honour it too
+        import os
+
+        from worldlab.model.cuda_graphs import ENV_FLAG
+
+        os.environ[ENV_FLAG] = "0"
     return plugin.build(toggles, resolve_device(args.device), args.checkpoint)
 
 

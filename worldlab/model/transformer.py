@@ -32,13 +32,17 @@ def frame_mask(q_frames: torch.Tensor, k_frames: torch.Tensor, sink: int, window
     return bias.masked_fill(~visible[None], float("-inf"))
 
 
-def clock_features(frame_ids: torch.Tensor, periods: tuple[int, ...]) -> torch.Tensor:
-    """(...) frame ids -> (..., 2 * len(periods)) sin/cos of the frame's phase in each period.
+def clock_rates(periods: tuple[int, ...]) -> torch.Tensor:
+    """Angular rate of each clock period (a buffer of the net: no host copy inside a captured CUDA graph)."""
+    return torch.tensor([2 * math.pi / p for p in periods])
+
+
+def clock_features(frame_ids: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """(...) frame ids -> (..., 2 * len(rates)) sin/cos of the frame's phase in each period.
 
     ALiBi tells attention how old a frame is but not the values it reads; a clock in the token lets the
     model subtract phases and know how long ago a hidden object was last seen (periodic: streams never end)."""
-    w = torch.tensor([2 * math.pi / p for p in periods], device=frame_ids.device)
-    ang = frame_ids.to(torch.float32)[..., None] * w
+    ang = frame_ids.to(torch.float32)[..., None] * rates
     return torch.cat([ang.sin(), ang.cos()], -1)
 
 
@@ -88,12 +92,13 @@ class WorldTransformer(nn.Module):
         self.norm_out = nn.LayerNorm(d)
         self.head = nn.Linear(d, 2 * P)  # logits of the sprite's next x and y (top-left corner)
         self.register_buffer("slopes", alibi_slopes(cfg.n_heads), persistent=False)
+        self.register_buffer("clock_rates", clock_rates(cfg.clock_periods), persistent=False)
 
     def embed(self, obs: torch.Tensor, actions: torch.Tensor, themes: torch.Tensor,
               frame_ids: torch.Tensor) -> torch.Tensor:
         """obs (B, F, 3, 4) boxes, actions/themes (B, F), frame_ids (B, F) -> tokens (B, F, 3, d)."""
         x = sum(emb(obs[..., j]) for j, emb in enumerate(self.coords)) + self.sprite  # (B, F, 3, d)
-        ctx = self.action(actions) + self.theme(themes) + self.clock(clock_features(frame_ids, self.cfg.clock_periods))
+        ctx = self.action(actions) + self.theme(themes) + self.clock(clock_features(frame_ids, self.clock_rates))
         return x + ctx[:, :, None, :]
 
     def heads(self, h: torch.Tensor) -> torch.Tensor:

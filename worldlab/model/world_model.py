@@ -1,7 +1,8 @@
 """TransformerWorldModel: the WorldModel protocol over WorldTransformer with per-session KV caches.
 
 One `step` runs the linear layers of B sessions as one batch (micro-batching); attention runs per
-session against its own cache (sink + window, uncompressed / FP8 / NVFP4).
+session against its own cache (sink + window, uncompressed / FP8 / NVFP4). The step's tensor part is
+graph-safe (frame ids and slots as device tensors): on CUDA it is replayed from a CUDA graph (cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from worldlab import env
 from worldlab.config import ModelConfig, Toggles
 from worldlab.kernels.kv_cache import KINDS, make_kv_cache
+from worldlab.model import cuda_graphs
 from worldlab.model.transformer import WorldTransformer
 
 
@@ -59,10 +61,14 @@ class TransformerWorldModel:
         self.checkpoint_path = checkpoint_path  # the file it came from: other toggle variants load it again
         # A decoded corner past the frame edge would draw a clipped sprite: keep every sprite whole.
         self._max_pos = (cfg.image_size - net.codec.sprite_size)[:, None]  # (3, 1)
+        self.cuda_graphs = cuda_graphs.enabled_by_default()  # `--cuda-graphs off` sets it False
+        self.graphs = cuda_graphs.StepGraphs(self._positions, self.device) if self.device.type == "cuda" else None
 
     def describe(self) -> dict:
+        graphs = "n/a (cpu)" if self.graphs is None else self.graphs.describe() if self.cuda_graphs else "off"
         return {"model": "tiny", "preset": self.cfg.name, "weights": self.weights, "kv": self.kv, "window": self.window_name,
-                "window_frames": self.window, "sink": self.cfg.sink, "checkpoint": self.checkpoint_hash}
+                "window_frames": self.window, "sink": self.cfg.sink, "checkpoint": self.checkpoint_hash,
+                "cuda_graphs": graphs}
 
     # -- protocol ------------------------------------------------------------------------------
     def init_state(self, prompt: str) -> SessionState:
@@ -101,8 +107,12 @@ class TransformerWorldModel:
         act = torch.tensor([env.action_id(a) for a in actions], device=self.device)
         inputs = torch.stack([s.last for s in states])  # (B, 3, 4)
         themes = torch.tensor([env.THEMES.index(s.theme) for s in states], device=self.device)
-        pos = self.net.positions(self._advance(states, inputs, act, themes))  # (B, 3, 2)
-        pos = torch.minimum(pos, self._max_pos)
+        ids, slots = self._targets(states)
+        if self.graphs is not None and self.cuda_graphs:
+            pos = self.graphs.run(states, inputs, act, themes, ids, slots)  # (B, 3, 2)
+        else:
+            pos = self._positions(states, inputs, act, themes, self._index(ids), self._index(slots))
+        self._note_frames(states)
         classes = self.net.codec.compose(pos)  # (B, H, W)
         obs = self.net.codec.observe(classes)  # (B, 3, 4): what the next step sees of these frames
         for i, s in enumerate(states):
@@ -157,17 +167,45 @@ class TransformerWorldModel:
             for j, f in enumerate(ids):
                 c.append_frame(k[:, :, j * T:(j + 1) * T], v[:, :, j * T:(j + 1) * T], frame_id=f)
 
+    def _targets(self, states) -> tuple[list[int], list[int]]:
+        """Each session's new frame id and the cache slot it will occupy (host ints, decided before the block)."""
+        ids = [s.next_id for s in states]
+        return ids, [s.caches[0].slot_for(f) for s, f in zip(states, ids)]
+
+    def _index(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
+
+    def _note_frames(self, states) -> None:
+        for s in states:
+            for c in s.caches:
+                c.note_frame(s.next_id)
+
     def _advance(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor) -> torch.Tensor:
-        """One block for each session: inputs (B, 3, 4) -> next-position logits (B, 3, 2, P)."""
+        """The eager streaming block: next-position logits (B, 3, 2, P), caches written and the frame noted."""
+        ids, slots = self._targets(states)
+        logits = self._logits(states, inputs, act, themes, self._index(ids), self._index(slots))
+        self._note_frames(states)
+        return logits
+
+    def _positions(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor,
+                   ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """One block for each session -> its sprites' next top-left corners (B, 3, 2), kept inside the frame."""
+        logits = self._logits(states, inputs, act, themes, ids, slots)
+        return torch.minimum(self.net.positions(logits), self._max_pos)
+
+    def _logits(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor,
+                ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """One block for each session: inputs (B, 3, 4) -> next-position logits (B, 3, 2, P); ids/slots (B,)
+        int64 device tensors: each session's new frame id and its cache slot. Graph-safe: no host values and
+        no checks in here (step validated everything), so CUDA can record it once and replay it."""
         net = self.net
-        ids = torch.tensor([s.next_id for s in states], device=self.device)
         x = net.embed(inputs[:, None], act[:, None], themes[:, None], ids[:, None])[:, 0]  # (B, 3, d)
         for layer, blk in enumerate(net.blocks):
             q, k, v = blk.split_qkv(x)  # each (B, H, 3, Dh)
             outs = []
             for i, s in enumerate(states):
                 cache = s.caches[layer]
-                cache.append_frame(k[i:i + 1], v[i:i + 1], frame_id=s.next_id)
-                outs.append(cache.attend(q[i:i + 1], s.next_id, net.slopes))
+                cache.write_at(k[i:i + 1], v[i:i + 1], slots[i:i + 1], ids[i:i + 1])
+                outs.append(cache.attend_at(q[i:i + 1], ids[i:i + 1], net.slopes))
             x = blk.finish(x, torch.cat(outs))
         return net.heads(x)
