@@ -100,7 +100,7 @@ def test_misuse_is_a_clear_error(model, tmp_path):
         model.step([s], [()])
     with pytest.raises(ValueError, match="unknown key 'jump'"):
         model.step([start_session(model, "forest", seed=1)], [("jump",)])
-    with pytest.raises(ValueError, match="not a conv model checkpoint"):
+    with pytest.raises(ValueError, match="holds a tiny transformer, not a conv model: use --model tiny"):
         conv(checkpoint=str(TINY))  # a transformer checkpoint
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         conv(checkpoint=str(tmp_path / "none.safetensors"))

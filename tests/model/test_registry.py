@@ -54,7 +54,7 @@ def test_entry_point_plugin_is_listed_and_resolves(toy_entry_point, capsys):
     (["eval", "--model", "nope"], "unknown model 'nope': not a registered name ("),
     (["eval", "--model", "oracle", "--weights", "w4a4"], "model 'oracle' does not support weights='w4a4' (it supports weights: fp32)"),
     (["eval", "--model", TOY, "--kv", "nvfp4"], f"model '{TOY}' does not support kv='nvfp4'"),
-    (["eval", "--model", "no_such_pkg:factory"], "cannot load model factory 'no_such_pkg:factory': No module named"),
+    (["eval", "--model", "no_such_pkg:factory"], "cannot load model factory 'no_such_pkg:factory': ModuleNotFoundError: No module named"),
     (["eval", "--model", "/nowhere/x.safetensors"], "no checkpoint file at /nowhere/x.safetensors"),
     (["bench", "--model", "oracle", "--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     (["eval", "--model", "oracle", "--checkpoint", "x.safetensors"], "the oracle model takes no checkpoint"),

@@ -47,3 +47,38 @@ def factory(*, toggles, device, checkpoint):
 
 
 factory.supports = {"weights": ("fp32",), "kv": ("none",)}  # window: any (it has none to change)
+
+
+# -- plug-ins that break the contract, one way each (tests/model/test_bad_plugins.py) -----------------------
+def raising_factory(*, toggles, device, checkpoint):
+    """Runs out of memory for the long window (a hot-switch that fails)."""
+    if toggles.window == "long":
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore driver text")
+    return PanModel(device)
+
+
+def not_a_model_factory(*, toggles, device, checkpoint):
+    """Returns its config instead of a model."""
+    return {"toggles": toggles}
+
+
+class FloatPanModel(PanModel):
+    def step(self, states, actions):
+        return super().step(states, actions).astype(np.float32) / 255
+
+
+def float_frames_factory(*, toggles, device, checkpoint):
+    """Frames in [0, 1] floats instead of uint8."""
+    return FloatPanModel(device)
+
+
+class TiringPanModel(PanModel):
+    """Right frames for `good_steps` steps of each session, then half-size ones (a bug that shows up live)."""
+
+    good_steps = 40
+
+    def step(self, states, actions):
+        frames = super().step(states, actions)
+        for s in states:
+            s["n"] = s.get("n", 0) + 1
+        return frames[:, ::2] if any(s["n"] > self.good_steps for s in states) else frames

@@ -25,7 +25,7 @@ MIN_FPS_STALL = 22.0
 
 class FaultyModel:
     """EnvOracle that misbehaves once the `victim` session has been stepped `after` times: `raise` on every
-    later step that includes it, or `stall` (sleep `stall_s`) on the next `stalls` such steps."""
+    later step that includes it, `shape` (frames of the wrong shape) on every such step, or `stall` (sleep `stall_s`) on the next `stalls` such steps."""
 
     def __init__(self, fault: str, after: int = 30, stall_s: float = 3.0, stalls: int = 1):
         self.inner, self.fault, self.after = EnvOracle(seed=5), fault, after
@@ -40,10 +40,12 @@ class FaultyModel:
     def step(self, states, actions):
         if self.victim is not None and any(s is self.victim.state for s in states):
             self.victim_steps += 1
-            if self.victim_steps > self.after and (self.fault == "raise" or self.faults < self.stalls):
+            if self.victim_steps > self.after and (self.fault != "stall" or self.faults < self.stalls):
                 self.faults += 1
                 if self.fault == "raise":
                     raise RuntimeError("injected model fault")
+                if self.fault == "shape":  # half-width frames: a breach of the protocol, not an exception
+                    return self.inner.step(states, actions)[:, :, ::2]
                 time.sleep(self.stall_s)
         return self.inner.step(states, actions)
 
@@ -115,6 +117,21 @@ async def test_model_raising_for_one_session_ends_it_and_spares_the_other():
         worst = bystander.worst_fps(start, time.monotonic())
         print(f"model raises: victim errors {victim.errors()}, bystander worst fps {worst}")
         assert victim.errors() == ["model_failed"] and bystander.errors() == []
+        assert worst >= MIN_FPS
+        assert_only_left(hub, sched, broom, vroom)
+
+
+async def test_frames_of_the_wrong_shape_end_that_session_by_name_and_spare_the_other():
+    model = FaultyModel("shape", after=30)
+    async with two_sessions(model) as (hub, sched, (victim, vroom), (bystander, broom)):
+        start = time.monotonic()
+        model.victim = vroom.session
+        await until(lambda: vroom.id not in hub.rooms, timeout=10)
+        await asyncio.sleep(2.0)
+        worst = bystander.worst_fps(start, time.monotonic())
+        (err,) = [m for m in victim.msgs if m["type"] == "error"]
+        assert err["code"] == "model_failed" and bystander.errors() == []
+        assert "step returned uint8 (1, 64, 32, 3) frames; the protocol wants uint8 (1, 64, 64, 3)" in err["message"]
         assert worst >= MIN_FPS
         assert_only_left(hub, sched, broom, vroom)
 

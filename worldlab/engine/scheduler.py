@@ -16,9 +16,12 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
+import numpy as np
+
 from worldlab.config import SessionConfig
 from worldlab.engine.session import Session
 from worldlab.engine.slot import FrameMeta
+from worldlab.model.protocol import ModelError, checked_step
 
 log = logging.getLogger(__name__)
 DUE_SLACK_S = 0.002  # sessions due within 2 ms of each other share a tick
@@ -174,7 +177,8 @@ class Scheduler:
         if stalled:
             session.fail("model_stalled", "the model stopped responding for this session; it has ended")
         else:
-            session.fail("model_failed", "the model failed on this session; it has ended")
+            why = f": {exc}" if isinstance(exc, ModelError) else ""  # the protocol breach is the model author's clue
+            session.fail("model_failed", f"the model failed on this session; it has ended{why}")
 
     def _deadline_s(self, sessions: list[Session]) -> float:
         """How long a tick waits for a step: the floor, or a multiple of the slowest recent step (a loaded
@@ -196,7 +200,7 @@ class Scheduler:
         for group in filter(None, groups):
             sessions = [due[i] for i in group]
             runner = self._runner if not sessions[0].suspect else self._solo_runner(sessions[0])
-            future = runner.submit(self.model.step, [s.state for s in sessions], [inputs[i][0] for i in group])
+            future = runner.submit(self._model_step, [s.state for s in sessions], [inputs[i][0] for i in group])
             calls.append((group, sessions, runner, future))
         t0, frames = time.perf_counter(), [None] * len(due)
         for group, sessions, runner, future in calls:
@@ -227,7 +231,7 @@ class Scheduler:
         for i, s, inp in zip(group, sessions, inputs):
             t0 = time.perf_counter()
             try:
-                frame = self._call(self.model.step, [s.state], [inp[0]])[0]
+                frame = self._call(self._model_step, [s.state], [inp[0]])[0]
             except Exception as exc_one:
                 self._fail(s, exc_one)
                 continue
@@ -257,7 +261,10 @@ class Scheduler:
         """On the session's own runner: a new state prefilled from its recent frames (the old one is held by
         the abandoned call), then its step."""
         s.state = s.rebuild_state(self.model)
-        return self.model.step([s.state], [keys])
+        return self._model_step([s.state], [keys])
+
+    def _model_step(self, states, keys) -> np.ndarray:
+        return checked_step(self.model, states, keys)  # frames of the wrong shape/dtype end the session, by name
 
     def _settle(self, s: Session, inflight: tuple) -> tuple | None:
         """A due session whose call is in flight: (frame, ms, inputs) once the call is done, None while it runs;

@@ -74,6 +74,9 @@ def load(path=None, device="cpu") -> tuple[WorldTransformer, dict[str, torch.Ten
     except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
         raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
     if "config" not in meta:
+        if "conv" in meta:
+            raise ValueError(f"checkpoint {path} holds a conv model, not a tiny transformer: use --model conv "
+                             f"--checkpoint {path} (or --model {path})")
         raise ValueError(f"checkpoint {path} has no worldlab config in its metadata")
     try:
         cfg = ModelConfig(**json.loads(meta["config"]))

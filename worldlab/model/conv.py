@@ -190,6 +190,9 @@ def load(path=None, device: str = "cpu") -> ConvWorldModel:
             meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
         raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    if "conv" not in meta and ("worldlab" in meta or "config" in meta):
+        raise ValueError(f"checkpoint {path} holds a tiny transformer, not a conv model: use --model tiny "
+                         f"--checkpoint {path} (or --model {path})")
     if "conv" not in meta:
         raise ValueError(f"checkpoint {path} is not a conv model checkpoint (no conv entry in its metadata)")
     net = ConvNet(ConvConfig(**json.loads(meta["conv"])["config"]))

@@ -40,6 +40,44 @@ class WorldModel(Protocol):
         """Real bytes held by this session's KV cache."""
 
 
+METHODS = ("init_state", "prefill", "step", "recache", "reset", "kv_bytes")
+
+
+class ModelError(ValueError):
+    """A model that breaks the protocol (wrong type, frame shape or dtype): one line naming what was wrong."""
+
+
+def conformance_error(model) -> str | None:
+    """Why `model` is not a WorldModel (a missing method, a malformed frame_shape), or None when it is one."""
+    missing = [m for m in METHODS if not callable(getattr(model, m, None))]
+    if missing:
+        return f"returned a {type(model).__name__}, not a WorldModel (it has no {', '.join(missing)})"
+    shape = getattr(model, "frame_shape", None)
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 3 and shape[2] == 3
+            and all(isinstance(d, int) and d > 0 for d in shape)):
+        return f"has frame_shape {shape!r}; the protocol wants (H, W, 3) positive ints"
+    return None
+
+
+def frames_error(frames, n: int, frame_shape) -> str | None:
+    """Why one step's output is not n uint8 RGB frames of frame_shape, or None when it is."""
+    want = (n, *tuple(frame_shape))
+    if not isinstance(frames, np.ndarray):
+        return f"step returned a {type(frames).__name__}; the protocol wants a uint8 numpy array {want}"
+    if frames.dtype != np.uint8 or frames.shape != want:
+        return f"step returned {frames.dtype} {frames.shape} frames; the protocol wants uint8 {want}"
+    return None
+
+
+def checked_step(model, states: Sequence[Any], actions: Sequence) -> np.ndarray:
+    """model.step, with its output held to the protocol (ModelError naming the model otherwise)."""
+    frames = model.step(states, actions)
+    problem = frames_error(frames, len(states), model.frame_shape)
+    if problem:
+        raise ModelError(f"model {describe(model)['model']!r}: {problem}")
+    return frames
+
+
 def describe(model) -> dict:
     """What a model says it is: its optional describe() (weights, toggles, checkpoint hash), with `model` set
     to its plug-in's name (or class name) when it does not say. Records, /healthz and results use this."""

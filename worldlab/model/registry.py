@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from worldlab.config import TOGGLE_CHOICES, Toggles
+from worldlab.model.protocol import ModelError, conformance_error, frames_error
 
 GROUP = "worldlab.models"
-CHECKPOINT_MODEL = "tiny"  # the architecture a bare checkpoint path is loaded as
+CHECKPOINT_MODEL = "tiny"  # the architecture a bare checkpoint path is loaded as when its metadata does not say
+ARCHITECTURE_KEYS = {"conv": "conv", "worldlab": "tiny", "config": "tiny"}  # checkpoint metadata key -> model
+PROBE_PROMPT = "a walk in the forest"
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -58,12 +61,42 @@ class Plugin:
         with (`model.plugin`, `model.toggles`) so toggle variants (the widget, the served page) are rebuilt
         from the same factory and checkpoint."""
         self.check(toggles)
-        model = self.factory(toggles=toggles, device=device, checkpoint=checkpoint or self.checkpoint)
+        try:
+            model = self.factory(toggles=toggles, device=device, checkpoint=checkpoint or self.checkpoint)
+        except (ValueError, FileNotFoundError) as exc:  # the factory's own one-line refusal (a bad checkpoint...)
+            raise ValueError(str(exc)) from None
+        except Exception as exc:
+            raise ValueError(f"model {self.name!r} failed to build: {_one_line(exc)}") from None
+        problem = conformance_error(model) or _probe(model)
+        if problem:
+            raise ModelError(f"model {self.name!r} {problem}")
         try:
             model.plugin, model.toggles = self, toggles
         except AttributeError:  # a model with __slots__: variants fall back to its own toggles only
             pass
         return model
+
+
+def _probe(model) -> str | None:
+    """One prefill and step on a throwaway session, so a model whose frames break the protocol is refused when
+    it is built, by name, rather than mid-stream. None when the frames are right; otherwise what was wrong."""
+    import numpy as np
+
+    from worldlab import env
+
+    shape = tuple(model.frame_shape)
+    frames = env.rollout(0, env.theme_for_prompt(PROBE_PROMPT), [()]) if shape == (env.SIZE, env.SIZE, 3) else np.zeros((2, *shape), np.uint8)
+    try:
+        state = model.init_state(PROBE_PROMPT)
+        model.prefill(state, frames, [()])
+        return frames_error(model.step([state], [()]), 1, shape)
+    except Exception as exc:
+        return f"failed its first step: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def registered() -> dict[str, importlib.metadata.EntryPoint]:
@@ -101,17 +134,29 @@ def resolve(spec: str) -> Plugin:
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
             raise ValueError(f"no checkpoint file at {path}")
-        base = resolve(CHECKPOINT_MODEL)
+        base = resolve(checkpoint_architecture(path) or CHECKPOINT_MODEL)
         return Plugin(str(path), base.factory, checkpoint=str(path), source="checkpoint")
     known = ", ".join(sorted(eps)) or "none registered"
     raise ValueError(f"unknown model {spec!r}: not a registered name ({known}), a checkpoint file or module:factory")
 
 
+def checkpoint_architecture(path) -> str | None:
+    """The built-in model that wrote a checkpoint, from its metadata keys (None: unreadable or not ours)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.metadata() or {})
+    except Exception:  # the loader reports an unreadable file with its own message
+        return None
+    return next((name for key, name in ARCHITECTURE_KEYS.items() if key in keys), None)
+
+
 def _load(what: str, load: Callable[[], Any]):
     try:
         factory = load()
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load model factory {what!r}: {exc}") from None
+    except Exception as exc:  # ImportError, or whatever the plug-in's module raises while it imports
+        raise ValueError(f"cannot load model factory {what!r}: {_one_line(exc)}") from None
     if not callable(factory):
         raise ValueError(f"model factory {what!r} is not callable")
     return factory
