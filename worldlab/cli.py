@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = [
     "worldlab.commands.lab_cmd",
     "worldlab.commands.serve_cmd",
+    "worldlab.commands.ops_cmds",
     "worldlab.commands.token_cmd",
     "worldlab.commands.model_cmds",
     "worldlab.commands.kernels_cmd",

@@ -2,7 +2,6 @@
 line naming the model: a factory that raises or returns the wrong type, frames of the wrong dtype, a plug-in
 that fails to import, a checkpoint of another architecture, and a hot-switch to a variant that cannot build."""
 
-import importlib.metadata
 import json
 import time
 
@@ -10,12 +9,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from worldlab.cli import main
-from worldlab.model import registry
 from worldlab.model.conv import SHIPPED as CONV
-from worldlab.model.registry import GROUP, resolve
+from worldlab.model.registry import resolve
 from worldlab.model.world_model import TransformerWorldModel
 
-from tests.model.toy_plugin import PanModel
+from tests.model.toy_plugin import PanModel, register
 
 TOY = "tests.model.toy_plugin"
 
@@ -23,15 +21,7 @@ TOY = "tests.model.toy_plugin"
 @pytest.fixture
 def broken_entry_point(monkeypatch):
     """An installed package whose `worldlab.models` entry point fails while its module imports."""
-    real = importlib.metadata.entry_points
-
-    def entry_points(**kw):
-        eps = list(real(**kw))
-        if kw.get("group") == GROUP:
-            eps.append(importlib.metadata.EntryPoint("gpu-only", "tests.model.broken_plugin:factory", GROUP))
-        return eps
-
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points", entry_points)
+    register(monkeypatch, "gpu-only", "tests.model.broken_plugin:factory")
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -2,7 +2,6 @@
 drive `worldlab models`, eval, serve (an in-process client) and the widget's toggles; bad names are one line."""
 
 import asyncio
-import importlib.metadata
 import json
 import pathlib
 
@@ -11,26 +10,16 @@ import pytest
 
 from worldlab.cli import main
 from worldlab.config import Toggles
-from worldlab.model import registry
-from worldlab.model.registry import GROUP, resolve
+from worldlab.model.registry import resolve
 
-from tests.model.toy_plugin import SHIFT, PanModel
+from tests.model.toy_plugin import SHIFT, PanModel, register
 
 TOY = "tests.model.toy_plugin:factory"
 
 
 @pytest.fixture
 def toy_entry_point(monkeypatch):
-    """`toy` registered under worldlab.models as another installed package would (entry points patched)."""
-    real = importlib.metadata.entry_points
-
-    def entry_points(**kw):
-        eps = list(real(**kw))
-        if kw.get("group") == GROUP:
-            eps.append(importlib.metadata.EntryPoint("toy", TOY, GROUP))
-        return eps
-
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points", entry_points)
+    register(monkeypatch, "toy", TOY)
 
 
 def test_models_lists_the_builtins_and_what_they_support(capsys):

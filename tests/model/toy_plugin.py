@@ -4,9 +4,12 @@ Deterministic and cheap, so a test can say exactly which frame it must produce."
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import numpy as np
 
 from worldlab import env
+from worldlab.model import registry
 
 SHIFT = {"left": (0, 1), "right": (0, -1), "up": (1, 0), "down": (-1, 0)}  # the world moves against the camera
 
@@ -82,3 +85,16 @@ class TiringPanModel(PanModel):
         for s in states:
             s["n"] = s.get("n", 0) + 1
         return frames[:, ::2] if any(s["n"] > self.good_steps for s in states) else frames
+
+
+def register(monkeypatch, name: str, value: str) -> None:
+    """`name` registered under worldlab.models as another installed package would (entry points patched)."""
+    real = importlib.metadata.entry_points
+
+    def entry_points(**kw):
+        eps = list(real(**kw))
+        if kw.get("group") == registry.GROUP:
+            eps.append(importlib.metadata.EntryPoint(name, value, registry.GROUP))
+        return eps
+
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", entry_points)

@@ -15,12 +15,14 @@ import math
 from worldlab.commands import add_model_arguments, threads_arg
 from worldlab.config import CODECS, WILDCARD_HOSTS, SessionConfig
 
+DEFAULT_PORT = 8080  # `worldlab dashboard` watches this one by default
+
 
 def register(sub) -> None:
     d = SessionConfig()
     p = sub.add_parser("serve", help="serve the live player page over WebRTC (127.0.0.1:8080)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
     add_model_arguments(p)
     p.add_argument("--threads", type=threads_arg, default=1,
                    help="torch CPU threads for the model (default 1: one core models, one encodes and serves)")
