@@ -215,9 +215,15 @@ class ModelConfig:
     # the model's own rendered predictions (1..self_forcing_passes compounded passes); targets stay true.
     self_forcing_from: float = 0.5
     self_forcing_passes: int = 2
+    # Hidden-object drill: in this fraction of sequences one object's input boxes read ABSENT for a span of
+    # hide_frames[0]..hide_frames[1] frames (targets stay true), as if a cover hid it: the long window
+    # learns to carry position and velocity through gaps the pillar alone never makes (<= 4 frames).
+    hide_objects: float = 0.0
+    hide_frames: tuple = (5, 14)
 
     def __post_init__(self):
         object.__setattr__(self, "clock_periods", tuple(self.clock_periods))  # JSON round-trips give lists
+        object.__setattr__(self, "hide_frames", tuple(self.hide_frames))
 
     @property
     def tokens_per_frame(self) -> int:

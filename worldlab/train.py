@@ -19,7 +19,7 @@ from worldlab import env
 from worldlab.config import ModelConfig
 from worldlab.model import checkpoint as ckpt
 from worldlab.model.quantize import calibrate
-from worldlab.model.sprites import fit_codec, true_positions
+from worldlab.model.sprites import ABSENT, fit_codec, true_positions
 from worldlab.model.transformer import WorldTransformer
 
 TRAIN_SEED_MIN = 1000  # evaluation uses seeds below this: they never appear in training
@@ -83,6 +83,19 @@ def self_forced_inputs(net, obs, a, th, window, phase, rng, passes: int) -> torc
     return inp
 
 
+def hide_objects(obs: torch.Tensor, cfg: ModelConfig, rng: np.random.Generator) -> torch.Tensor:
+    """In a cfg.hide_objects fraction of sequences, one object's boxes read ABSENT for a random span of
+    cfg.hide_frames frames (after frame 0, so where it started stays visible); the rest unchanged."""
+    B, Fr = obs.shape[:2]
+    out = obs.clone()
+    lo, hi = cfg.hide_frames
+    for b in np.flatnonzero(rng.random(B) < cfg.hide_objects):
+        span = int(rng.integers(lo, min(hi, Fr - 2) + 1))
+        start = int(rng.integers(1, Fr - span))
+        out[b, start:start + span, int(rng.integers(1, 3))] = ABSENT
+    return out
+
+
 def lr_at(step: int, cfg: ModelConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -109,7 +122,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
     fit_decoder(net, cfg_run, rng)
     if init is not None:
         loaded, _calib, _extra, _digest = ckpt.load(init)
-        ignore = {"steps": 0, "lr": 0, "warmup": 0}
+        ignore = {"steps": 0, "lr": 0, "warmup": 0, "hide_objects": 0, "hide_frames": 0}  # schedule, not shape
         if loaded.cfg.to_dict() | ignore != cfg_run.to_dict() | ignore:
             raise ValueError(f"--init checkpoint {init} has a different model config than preset {cfg.name!r}")
         net.load_state_dict(loaded.state_dict())
@@ -137,6 +150,8 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
             if sf:
                 passes = int(rng.integers(1, cfg.self_forcing_passes + 1))
                 obs = self_forced_inputs(net, obs, a, th, window, phase, rng, passes=passes)
+            if cfg_run.hide_objects:
+                obs = hide_objects(obs, cfg_run, rng)
             logits = net.forward_seq(obs, a, th, window, phase=phase)  # (B, F, 3, 2, P)
             loss = F.cross_entropy(logits.flatten(0, -2), target.flatten())
             opt.zero_grad(set_to_none=True)

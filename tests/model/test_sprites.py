@@ -52,3 +52,22 @@ def test_tokenizer_boxes_visible_pixels_and_marks_hidden_sprites_absent():
     assert boxes[1] == [ABSENT] * 4
     assert boxes[2] == [11, 8, 14, 9]  # only the two rows above the agent show
     assert c.tokenize(torch.from_numpy(f)[None].expand(3, -1, -1, -1)).shape == (3, 3, 4)
+
+
+def test_hidden_object_drill_hides_one_object_for_a_span_and_nothing_else():
+    import dataclasses
+
+    from worldlab.train import hide_objects
+
+    cfg = dataclasses.replace(preset("tiny"), hide_objects=1.0, hide_frames=(5, 9))
+    obs = torch.randint(0, 60, (64, 24, 3, 4))
+    out = hide_objects(obs, cfg, np.random.default_rng(0))
+    changed = (out != obs).any(-1)  # (B, F, 3)
+    assert not changed[:, 0].any() and not changed[:, :, 0].any()  # frame 0 and the agent are never hidden
+    for b in range(64):
+        frames, sprites = changed[b].nonzero(as_tuple=True)
+        assert len(set(sprites.tolist())) == 1  # one object per sequence
+        span = frames.tolist()
+        assert 5 <= len(span) <= 9 and span == list(range(span[0], span[0] + len(span)))  # one contiguous span
+        assert (out[b, span, sprites[0]] == ABSENT).all()
+    assert torch.equal(hide_objects(obs, dataclasses.replace(cfg, hide_objects=0.0), np.random.default_rng(0)), obs)
