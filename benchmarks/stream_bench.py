@@ -50,9 +50,9 @@ def press_keys(page, seconds: float) -> None:
         i += 1
 
 
-def webrtc_run(pw, model: str, seconds: float) -> dict:
+def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0) -> dict:
     port = free_port()
-    with running(serve_argv(port, model), port, tempfile.mktemp(suffix=".log")), chromium_browser(pw) as ctx:
+    with running(serve_argv(port, model, ("--fps", f"{fps:g}")), port, tempfile.mktemp(suffix=".log")), chromium_browser(pw) as ctx:
         page = ctx.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked", timeout=30000)
@@ -89,7 +89,7 @@ def jpeg_run(pw, model_name: str, seconds: float) -> dict:
     from worldlab.commands.serve_cmd import build_model
 
     model = build_model(argparse.Namespace(model=model_name, checkpoint=None, weights="fp32", kv="none",
-                                           window="short"))
+                                           window="short", device="cpu"))
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(build_jpeg_app(model))
@@ -186,6 +186,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="tiny", choices=["tiny", "oracle"])
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--fps", type=float, default=30.0, help="the served frame rate of the WebRTC run (e.g. 60)")
     ap.add_argument("--max-sessions", type=int, default=12)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: webrtc,jpeg,concurrency")
     ap.add_argument("--json", action="store_true")
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     out = {"model": args.model, "budget_ms": BUDGET, "machine": "2-core x86_64 CPU, no GPU, loopback"}
     with sync_playwright() as pw:
         if "webrtc" not in skip:
-            out["webrtc"] = webrtc_run(pw, args.model, args.seconds)
+            out["webrtc"] = webrtc_run(pw, args.model, args.seconds, args.fps)
         if "jpeg" not in skip:
             out["jpeg_ws"] = jpeg_run(pw, args.model, args.seconds)
     if "concurrency" not in skip:

@@ -162,3 +162,39 @@ def test_holding_right_moves_one_compact_agent_in_the_widget(any_lab, tmp_path):
         hold = hold_key(page, ".worldlab-player video", ".worldlab-player .wl-stage", PLAYER,
                         evidence_path(tmp_path, model, "widget-after-3s-right.png"))
     check_hold_right(hold, "forest", strict=model != "micro")
+
+
+def test_dashboard_inside_jupyterlab_follows_a_served_room(lab, tmp_path):
+    """The operators' dashboard (worldlab.server.dashboard) as a notebook output: it shows a room of a running
+    `worldlab serve` and keeps polling from the kernel while the kernel is idle (Panel's periodic callback)."""
+    import sys
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import free_port, running
+
+    port = free_port()
+    serve = [sys.executable, "-m", "worldlab.cli", "serve", "--model", "oracle", "--port", str(port)]
+    with running(serve, port, str(tmp_path / "serve.log")), sync_playwright() as pw, chromium_browser(pw) as ctx:
+        player = ctx.new_page()  # a player in the served page makes the room the dashboard shows
+        player.goto(f"http://127.0.0.1:{port}/")
+        player.wait_for_function("window.worldlab && window.worldlab.stats().frames > 30", timeout=30000)
+        page = ctx.new_page()
+        page.goto(f"{lab}/lab/tree/01_quickstart.ipynb?token={TOKEN}")
+        page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90000)
+        page.wait_for_function(KERNEL_IDLE, timeout=90000)
+        add_and_run(page, "import panel as pn\npn.extension(inline=True)  # bokeh/panel JS from the kernel, not a CDN")
+        page.wait_for_function(KERNEL_IDLE, timeout=60000)
+        add_and_run(page, "from worldlab.server.dashboard import Dashboard\n"
+                          f"dash = Dashboard('http://127.0.0.1:{port}', period_s=0.5)\ndash.panel()")
+        page.locator(".jp-OutputArea-output >> text=/1 live rooms/").wait_for(timeout=60000)
+        page.wait_for_function(KERNEL_IDLE, timeout=30000)
+        page.wait_for_timeout(4000)  # the kernel is idle: only the periodic callback scrapes now
+        error = page.evaluate(CELL_ERROR)
+        assert error is None, error
+        assert page.locator(".jp-OutputArea-output canvas").count() >= 5  # the five plots were drawn
+        page.locator(".jp-OutputArea-output >> text=/live rooms/").last.screenshot(
+            path=str(evidence_path(tmp_path, "dashboard", "dashboard-in-jupyterlab-status.png")))
+        add_and_run(page, "print('POLLS', dash.polls, len(dash.buffer.data))")
+        polls, rows = (int(v) for v in output_with(page, "POLLS").split()[1:3])
+        assert polls >= 6 and rows >= 5, (polls, rows)  # ~2 scrapes a second while idle, a row per scrape

@@ -1,7 +1,8 @@
 """The operators' live dashboard: scrapes a worldlab server's /metrics every second and streams, per room,
 fps actual vs target, drops, g2g p95 against the SLO, bitrate and relay share into HoloViews plots.
 
-`worldlab dashboard --server URL` serves it as a page (Panel); `Dashboard(URL).panel()` shows it in a notebook.
+`worldlab dashboard --server URL` serves it as a page (Panel); `Dashboard(URL).panel()` shows it in a notebook
+after `pn.extension(inline=True)` (the JavaScript from the kernel: no CDN needed).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Dashboard:
         import holoviews as hv
         import panel as pn
 
-        hv.extension("bokeh")
+        hv.renderer("bokeh")  # the bokeh backend, without hv.extension's notebook output (pn.extension loads the JS)
         status = pn.pane.Markdown(self.summary(), sizing_mode="stretch_width")
 
         def tick():
