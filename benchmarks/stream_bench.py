@@ -50,9 +50,36 @@ def press_keys(page, seconds: float) -> None:
         i += 1
 
 
+# Chrome's own counters for the received video (inbound-rtp): what arrived and was decoded, whether or not
+# the page's compositor presented it (headless Chromium presents at most one frame per vsync).
+INBOUND = """async () => { let out = null; (await window.worldlab.pc.getStats()).forEach(s => {
+  if (s.type === 'inbound-rtp' && s.kind === 'video') out = {received: s.framesReceived, decoded: s.framesDecoded,
+    dropped: s.framesDropped, ifd: s.totalInterFrameDelay, ifd2: s.totalSquaredInterFrameDelay}; }); return out; }"""
+
+
+def decoded_cadence(a: dict, b: dict, dt: float) -> dict:
+    """Frames received/decoded per second between two inbound-rtp samples, and the decoded frames' interval
+    mean and standard deviation (ms) from Chrome's running sums."""
+    n = b["decoded"] - a["decoded"]
+    s1, s2 = b["ifd"] - a["ifd"], b["ifd2"] - a["ifd2"]
+    mean = s1 / n if n else None
+    return {"received_fps": (b["received"] - a["received"]) / dt, "decoded_fps": n / dt,
+            "decoder_dropped": (b["dropped"] or 0) - (a["dropped"] or 0),
+            "interval_ms_mean": mean * 1000 if n else None,
+            "interval_ms_std": (max(0.0, s2 / n - mean ** 2) ** 0.5) * 1000 if n else None}
+
+
+def send_intervals(spans_path: str, t0_ns: int) -> dict:
+    """p50/p95/p99 of the server's frame-to-frame send interval (ms), from the `send` spans of
+    `serve --otel-jsonl` that ended after t0_ns: the stream's cadence as it leaves the server."""
+    ends = sorted(s["end_ns"] for s in map(json.loads, open(spans_path)) if s["name"] == "send" and s["end_ns"] >= t0_ns)
+    return pcts(list(np.diff(ends) / 1e6))
+
+
 def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0) -> dict:
     port = free_port()
-    with running(serve_argv(port, model, ("--fps", f"{fps:g}")), port, tempfile.mktemp(suffix=".log")), chromium_browser(pw) as ctx:
+    spans = tempfile.mktemp(suffix=".spans.jsonl")
+    with running(serve_argv(port, model, ("--fps", f"{fps:g}", "--otel-jsonl", spans)), port, tempfile.mktemp(suffix=".log")), chromium_browser(pw) as ctx:
         page = ctx.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked", timeout=30000)
@@ -63,15 +90,20 @@ def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0) -> dict:
         first_frame = page.evaluate("window.worldlab.stats().first_frame_ms")
         page.evaluate("window.worldlab.historyLimit = 1e9; for (const k in window.worldlab.samples) window.worldlab.samples[k] = []")
         page.locator("body").click()
+        in0, t0_ns = page.evaluate(INBOUND), time.time_ns()
         f0, n0, t0 = page.evaluate("window.worldlab.frames"), page.evaluate("window.worldlab.newFrames || 0"), time.monotonic()
         press_keys(page, seconds)
         f1, n1, dt = page.evaluate("window.worldlab.frames"), page.evaluate("window.worldlab.newFrames || 0"), time.monotonic() - t0
+        in1 = page.evaluate(INBOUND)
         samples = page.evaluate("window.worldlab.samples")
         st = page.evaluate("window.worldlab.stats()")
         server = st["server"]
     g2g = pcts(samples["g2g_ms"])
+    sent = send_intervals(spans, t0_ns)  # the server has exited: its span exporter has flushed
     return {
         "fps_actual": (f1 - f0) / dt, "fps_new_frames": (n1 - n0) / dt, "seconds": dt, "fps_target": server.get("fps_target"),
+        "server_fps_actual": server.get("fps_actual"), "server_send_interval_ms": sent,
+        "chrome_inbound": decoded_cadence(in0, in1, dt),
         "drop_pct": server.get("drop_pct"), "interval_ms_p95": pcts(samples["interval_ms"])["p95"],
         "g2g_ms": g2g, "offer_to_first_frame_ms": first_frame,
         "stages_ms_p50": {"capture_ms": pcts(samples["capture_ms"])["p50"], "queue_ms": server.get("queue_ms"),
