@@ -120,8 +120,9 @@ def jpeg_run(pw, model_name: str, seconds: float) -> dict:
     from benchmarks.jpeg_baseline import build_jpeg_app
     from worldlab.commands.serve_cmd import build_model
 
-    model = build_model(argparse.Namespace(model=model_name, checkpoint=None, weights="fp32", kv="none",
-                                           window="short", device="cpu"))
+    from worldlab.cli import build_parser
+
+    model = build_model(build_parser().parse_args(["serve", "--model", model_name]))  # serve's own defaults
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(build_jpeg_app(model))
