@@ -78,6 +78,8 @@ def test_player_page_end_to_end(server, tmp_path):
         page.screenshot(path=str(tmp_path / "player.png"))
         assert st["fps_actual"] > 20  # loose: a loaded CI machine; the benchmark reports the real figure
         assert 0 < st["g2g_ms"] < 1000 and st["rtt_ms"] is not None and st["rtt_ms"] < 200
+        answer = page.evaluate("window.worldlab.pc.remoteDescription.sdp")
+        assert "rtp-hdrext/playout-delay" in answer  # Chrome offers it; the server renders-at-once on every packet
         assert st["width"] == 384 and st["server"]["fps_target"] == 30  # auto starts at the top rung
         overlay = page.locator("#overlay")
         assert float(overlay.get_attribute("data-fps")) > 0 and overlay.get_attribute("data-g2g") != "–"

@@ -41,11 +41,13 @@ from worldlab.telemetry import notify
 from worldlab.transport import protocol
 from worldlab.transport.caps import CapExceeded, CostControls
 from worldlab.transport.consent import tighten_consent
+from worldlab.transport.playout_delay import enable as enable_zero_playout_delay
 from worldlab.transport.quality import Ladder, QualityController, network_figures, reading
 from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
 from worldlab.model.protocol import describe
 
 log = logging.getLogger(__name__)
+enable_zero_playout_delay()  # every video packet asks the browser to render it at once (no jitter-buffer hold)
 ROOM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIME = {"vp8": "video/VP8", "h264": "video/H264"}
 
