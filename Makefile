@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# Debian chromium for the browser tests (Playwright cannot download its own browser here).
+# Debian chromium for the browser tests (Playwright cannot download its own browser here) and coturn for the
+# TURN relay test (a real relay on loopback).
 browser-deps:
-	@if [ ! -x /usr/bin/chromium ]; then \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/turnserver ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium coturn >/dev/null; \
 	fi
 
 # The Triton kernels compile and run on a CUDA GPU; the interpreter runs them on CPU only where there is none.

@@ -84,3 +84,16 @@ def test_serve_with_a_bad_config_is_one_line_and_exit_2(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "unknown field 'bogus'" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ice_settings_from_the_file_are_checked_before_anything_loads(tmp_path):
+    path = tmp_path / "ice.yaml"
+    path.write_text("ice_transport_policy: relay\nice_servers:\n  - urls: stun:stun.example.org\n")
+    with pytest.raises(ValueError, match="ice_transport_policy 'relay' needs a TURN server"):
+        check_args(serve_args("--config", str(path)))
+    path.write_text("ice_servers:\n  - urls: http://turn.example.org\n")
+    with pytest.raises(ValueError, match="is not a stun:, stuns:, turn: or turns: URL"):
+        check_args(serve_args("--config", str(path)))
+    path.write_text("ice_servers:\n  - urls: [turn:127.0.0.1:3478]\nturn_secret: k\nice_transport_policy: relay\n")
+    cfg = check_args(serve_args("--config", str(path)))
+    assert cfg.ice_servers == ({"urls": ["turn:127.0.0.1:3478"]},) and cfg.ice_transport_policy == "relay"

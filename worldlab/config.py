@@ -124,12 +124,25 @@ class SessionConfig:
     # Bucket bounds (ms) of the per-stage latency histograms on /metrics: 1 ms steps matter at the low end
     # (encode, queue), 100s of ms for g2g on a loaded machine.
     latency_buckets_ms: tuple = (1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000)
+    # ICE for the page (worldlab.transport.ice, GET /ice): STUN/TURN servers as {urls, username?, credential?}
+    # mappings. A TURN entry without a username gets short-lived credentials from `turn_secret` (coturn's
+    # `use-auth-secret` REST scheme), so no long-lived TURN password reaches a browser. "relay" forces the page
+    # through TURN (for testing a deployment's relay path). The server itself gathers host candidates only.
+    ice_servers: tuple = ()
+    ice_transport_policy: str = "all"  # "all" | "relay"
+    turn_secret: str = ""
+    turn_credential_ttl_s: float = 3600.0
 
     def __post_init__(self):
         object.__setattr__(self, "fps_range", tuple(self.fps_range))  # JSON round-trips give lists
         object.__setattr__(self, "ctl_rate_limits", tuple(tuple(r) for r in self.ctl_rate_limits))
         object.__setattr__(self, "quality_ladder", tuple(tuple(r) for r in self.quality_ladder))
         object.__setattr__(self, "latency_buckets_ms", tuple(self.latency_buckets_ms))
+        object.__setattr__(self, "ice_servers", tuple(_ice_server(e) for e in self.ice_servers))
+        if self.ice_transport_policy not in ICE_POLICIES:
+            raise ValueError(f"ice_transport_policy must be one of {ICE_POLICIES}, got {self.ice_transport_policy!r}")
+        if self.turn_credential_ttl_s <= 0:
+            raise ValueError(f"turn_credential_ttl_s must be > 0, got {self.turn_credential_ttl_s!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +181,32 @@ class SessionConfig:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"config {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {detail}") from None
         return cls.from_dict({} if values is None else values, source=f"config {path}")
+
+
+ICE_POLICIES = ("all", "relay")
+ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def _ice_server(entry) -> dict:
+    """One `ice_servers` entry checked: urls (a string or a list of stun:/turn: URLs), optional username and
+    credential strings; the same shape RTCPeerConnection takes."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"ice_servers entries must be mappings with 'urls', got {entry!r}")
+    unknown = set(entry) - {"urls", "username", "credential"}
+    if unknown:
+        raise ValueError(f"ice_servers entry has unknown key(s) {sorted(unknown)} "
+                         "(allowed: urls, username, credential)")
+    urls = entry.get("urls")
+    urls = [urls] if isinstance(urls, str) else urls
+    if not urls or not isinstance(urls, (list, tuple)) or not all(isinstance(u, str) for u in urls):
+        raise ValueError(f"ice_servers entry needs 'urls': a URL or a list of them, got {entry.get('urls')!r}")
+    bad = [u for u in urls if not u.startswith(ICE_SCHEMES)]
+    if bad:
+        raise ValueError(f"ice_servers URL {bad[0]!r} is not a stun:, stuns:, turn: or turns: URL")
+    for key in ("username", "credential"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ValueError(f"ice_servers entry's {key!r} must be a string")
+    return {**entry, "urls": list(urls)}
 
 
 # Field annotation (a string under `from __future__ import annotations`) -> the Python type a config file

@@ -14,6 +14,7 @@ import math
 
 from worldlab.commands import add_model_arguments, threads_arg
 from worldlab.config import CODECS, WILDCARD_HOSTS, SessionConfig
+from worldlab.transport.ice import check_relay_config
 
 DEFAULT_PORT = 8080  # `worldlab dashboard` watches this one by default
 
@@ -212,6 +213,7 @@ def check_args(args) -> SessionConfig:
     for name in ("frame_cap_window_s", "caps_check_s"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
             raise ValueError(f"{name} must be a positive number of seconds, got {getattr(cfg, name)}")
+    check_relay_config(cfg)
     return cfg
 
 

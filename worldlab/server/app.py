@@ -30,7 +30,7 @@ from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.tokens import Keyring, TokenError
 from worldlab import telemetry
 from worldlab.server import metrics as prom
-from worldlab.transport import protocol
+from worldlab.transport import ice, protocol
 from worldlab.transport.peer import ROOM_RE, OfferError, PeerHub
 from worldlab.model.protocol import describe
 
@@ -280,6 +280,30 @@ async def offer(request):
     return web.json_response(answer)
 
 
+async def ice_config(request):
+    """GET /ice?room=R&token=T: the page's iceServers and iceTransportPolicy, TURN ones with credentials
+    minted for this request. With access tokens it needs a valid room token (TURN relays cost money)."""
+    room, token = request.query.get("room"), request.query.get("token")
+    if room is not None and not ROOM_RE.match(room):
+        return error(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
+    role = request.query.get("role", "player")
+    if role not in ("player", "viewer"):
+        return error(400, "bad_field", f"role must be 'player' or 'viewer', got {role!r}")
+    keyring = request.app[KEYRING]
+    if keyring is not None:
+        if token is not None and room is None:
+            return error(400, "room_required", "with access tokens, GET /ice names its room (?room=R&token=T)")
+        try:
+            claims = keyring.verify(token, room=room, role=role)
+        except TokenError as exc:
+            return token_error(exc)
+        label = f"{claims.tenant or 'worldlab'}.{room}"
+    else:
+        label = room or "worldlab"
+    return web.json_response(ice.page_ice_config(request.app[CONFIG], label),
+                             headers={"Cache-Control": "no-store"})
+
+
 async def seal_triage(request):
     """POST /triage/{room}: seal that session's triage buffer to disk (loopback or an admin token)."""
     try:
@@ -337,6 +361,7 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/offer", offer)
+    app.router.add_get("/ice", ice_config)
     app.router.add_post("/triage/{room}", seal_triage)
     app.router.add_post("/admin/drain", admin_drain)
     app.router.add_static("/static/", STATIC)

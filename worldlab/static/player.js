@@ -70,9 +70,22 @@ export function httpSignal(url = "/offer", extra = {}) {
   };
 }
 
+// GET /ice: the STUN/TURN servers (TURN credentials minted per request) and policy of the served page.
+export function httpIce(url = "/ice", params = {}) {
+  return async () => {
+    const res = await fetch(`${url}?${new URLSearchParams(params)}`, { cache: "no-store" });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : res.statusText);
+    return body;
+  };
+}
+
 export class Player {
-  constructor({ video, overlay = null, signal, keyTarget = document, role = "player", onStatus = () => {} }) {
+  // ice: async () => {iceServers, iceTransportPolicy} (httpIce for the served page); none: host candidates only.
+  constructor({ video, overlay = null, signal, ice = null, keyTarget = document, role = "player",
+    onStatus = () => {} }) {
     this.video = video;
+    this.ice = ice;
     this.overlay = overlay;
     this.signal = signal;
     this.keyTarget = keyTarget;
@@ -112,7 +125,10 @@ export class Player {
     this.fpsWindow = [];
     this.generation = (this.generation || 0) + 1;
     this.video.srcObject = null;
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const ice = this.ice ? await this.ice() : {};
+    const pc = new RTCPeerConnection({
+      iceServers: ice.iceServers || [], iceTransportPolicy: ice.iceTransportPolicy || "all",
+    });
     this.pc = pc;
     pc.addTransceiver("video", { direction: "recvonly" });
     const ch = pc.createDataChannel("ctl", { ordered: true });

@@ -38,7 +38,7 @@ from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.ringbuffer import TriageStore
 from worldlab.security.watermark import Embedder, format_id
 from worldlab.telemetry import notify
-from worldlab.transport import protocol
+from worldlab.transport import ice, protocol
 from worldlab.transport.caps import CapExceeded, CostControls
 from worldlab.transport.consent import tighten_consent
 from worldlab.transport.playout_delay import enable as enable_zero_playout_delay
@@ -492,7 +492,7 @@ class PeerHub:
         out = {k: v for k, v in m.summary().items() if v is not None}
         out.update({"fps_target": s.fps_target, "fps_actual": m.rate("sent"),
                     "drop_pct": drop_pct, "bitrate_kbps": m.rate("bytes") * 8 / 1000,
-                    "kv_bytes": room.model.kv_bytes(s.state), "relay_pct": 0.0,
+                    "kv_bytes": room.model.kv_bytes(s.state), "relay_pct": ice.relay_pct(room.pcs),
                     "rung": room.track.rung, "quality": room.quality, "viewers": room.viewers,
                     "frame_id": s.frame_id, "session": s.id, "room": room.id})
         return out
