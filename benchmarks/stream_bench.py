@@ -76,10 +76,11 @@ def send_intervals(spans_path: str, t0_ns: int) -> dict:
     return pcts(list(np.diff(ends) / 1e6))
 
 
-def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0) -> dict:
+def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0, extra=()) -> dict:
     port = free_port()
     spans = tempfile.mktemp(suffix=".spans.jsonl")
-    with running(serve_argv(port, model, ("--fps", f"{fps:g}", "--otel-jsonl", spans)), port, tempfile.mktemp(suffix=".log")), chromium_browser(pw) as ctx:
+    argv = serve_argv(port, model, ("--fps", f"{fps:g}", "--otel-jsonl", spans, *extra))
+    with running(argv, port, tempfile.mktemp(suffix=".log")), chromium_browser(pw) as ctx:
         page = ctx.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked", timeout=30000)
@@ -111,7 +112,18 @@ def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0) -> dict:
                           "rtt_ms": pcts(samples["rtt_ms"])["p50"], "decode_ms": pcts(samples["decode_ms"])["p50"]},
         "bitrate_kbps": server.get("bitrate_kbps"), "bytes_per_s": (server.get("bitrate_kbps") or 0) * 125,
         "resolution": [st["width"], st["height"]], "dropped_video_frames": st["dropped_frames"],
+        "relay_pct": server.get("relay_pct"),
     }
+
+
+def relay_run(pw, model: str, seconds: float) -> dict:
+    """The WebRTC run again with the page forced through a local coturn (relay-only): the relay's cost."""
+    from worldlab.transport.turnserver import LocalTurn
+
+    with LocalTurn() as turn, tempfile.NamedTemporaryFile("w", suffix=".json") as cfg:
+        json.dump(turn.config("relay"), cfg)
+        cfg.flush()
+        return webrtc_run(pw, model, seconds, extra=("--config", cfg.name))
 
 
 def jpeg_run(pw, model_name: str, seconds: float) -> dict:
@@ -221,7 +233,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--fps", type=float, default=30.0, help="the served frame rate of the WebRTC run (e.g. 60)")
     ap.add_argument("--max-sessions", type=int, default=12)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: webrtc,jpeg,concurrency")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: webrtc,jpeg,relay,concurrency")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -233,6 +245,8 @@ def main(argv=None) -> int:
             out["webrtc"] = webrtc_run(pw, args.model, args.seconds, args.fps)
         if "jpeg" not in skip:
             out["jpeg_ws"] = jpeg_run(pw, args.model, args.seconds)
+        if "relay" not in skip:
+            out["webrtc_turn_relay"] = relay_run(pw, args.model, args.seconds)
     if "concurrency" not in skip:
         out["concurrency"] = {"micro_batching": concurrency(args.model, args.max_sessions, True),
                               "sequential": concurrency(args.model, args.max_sessions, False)}
