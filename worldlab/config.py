@@ -74,6 +74,9 @@ class SessionConfig:
     # model-seconds per wall second exceed this share, or this multiple of the median of >= 3 sessions.
     anomaly_model_share: float = 0.5
     anomaly_median_factor: float = 3.0
+    # ... and (kind="relay_share") when the percent of connected peers whose media goes through a TURN relay
+    # rises above this (relays bill per byte; a jump means a network change pushed users off direct paths).
+    anomaly_relay_pct: float = 50.0
     # Graceful drain (SIGTERM or POST /admin/drain): no new offers (503 draining), peers get `drain` with
     # deadline_s, rooms still live at the deadline end with `error` drained, then `worldlab serve` exits 0.
     drain_deadline_s: float = 25.0  # under Kubernetes' default 30 s grace: we exit before its SIGKILL

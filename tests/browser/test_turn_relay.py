@@ -1,6 +1,6 @@
 """The relay path for real: a coturn TURN server on loopback, `worldlab serve` configured with it and a
 relay-only policy, Chromium connects through the relay (its nominated pair is a relay candidate), the
-stream plays and steers, and the server's relay_pct says 100 for that room."""
+stream plays and steers, the server's relay_pct says 100 for that room and the relay-share alert fired once."""
 
 import json
 import shutil
@@ -65,3 +65,5 @@ def test_page_streams_through_turn_relay(tmp_path):
                 assert 0 < st["g2g_ms"] < 1000
                 page.wait_for_function("window.worldlab.stats().server.relay_pct === 100", timeout=5000)
                 assert room_relay_pct(base, st["server"]["room"]) == 100.0
+                metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+                assert 'worldlab_anomalies_total{kind="relay_share"} 1.0' in metrics  # 100 % > 50 %: one alert

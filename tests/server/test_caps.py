@@ -49,6 +49,14 @@ def test_anomaly_alert_is_absolute_or_relative_to_the_fleet_median_once_per_epis
     assert w.counts["model_seconds"] == 3
 
 
+def test_relay_share_alert_fires_once_per_episode_above_its_threshold():
+    w = AnomalyWatch(share=0.5, factor=3.0, relay_pct=50.0)
+    assert [w.check_relay(p) for p in (0.0, 50.0, 75.0, 100.0, 40.0, 60.0)] == [False, False, True, False, False, True]
+    assert w.counts["relay_share"] == 2
+    off = AnomalyWatch(share=0.5, factor=3.0, relay_pct=0.0)
+    assert not off.check_relay(100.0) and off.counts["relay_share"] == 0
+
+
 # -- admission ----------------------------------------------------------------------------------------
 async def test_sessions_per_tenant_are_capped_and_anonymous_sessions_share_one_tenant():
     cfg = SessionConfig(max_sessions=8, max_sessions_per_tenant=2)

@@ -1,5 +1,6 @@
 """Cost controls for served sessions: concurrent sessions per tenant, frames per room and tenant per window,
-and an anomaly alert when one session's model time jumps. Numbers in SessionConfig (0 turns a cap off).
+and anomaly alerts when one session's model time or the relay share jumps. Numbers in SessionConfig (0 turns
+a cap off).
 
 PeerHub asks `CostControls.admit` before it creates a room and `CostControls.check` once every
 `caps_check_s` which rooms must end; sessions without a token all belong to the tenant ANONYMOUS.
@@ -12,6 +13,8 @@ import logging
 import math
 import statistics
 import time
+
+from worldlab.transport.ice import relay_pct
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"  # the tenant of every session without a token: one shared budget, never exempt
@@ -81,10 +84,20 @@ class AnomalyWatch:
     """Flags a session whose model-seconds per wall second exceed `share`, or `factor` times the fleet
     median (with at least `min_fleet` sessions). Edge-triggered: one alert per episode, re-armed below."""
 
-    def __init__(self, share: float, factor: float, min_fleet: int = 3):
-        self.share, self.factor, self.min_fleet = share, factor, min_fleet
-        self.counts = collections.Counter({"model_seconds": 0})  # kind -> alerts (worldlab_anomalies_total)
+    def __init__(self, share: float, factor: float, min_fleet: int = 3, relay_pct: float = 0.0):
+        self.share, self.factor, self.min_fleet, self.relay_pct = share, factor, min_fleet, relay_pct
+        # kind -> alerts (worldlab_anomalies_total)
+        self.counts = collections.Counter({"model_seconds": 0, "relay_share": 0})
         self._active: set[str] = set()
+        self._relay_high = False
+
+    def check_relay(self, pct: float) -> bool:
+        """pct: percent of connected peers relayed through TURN. True on a new episode above `relay_pct`."""
+        high = self.relay_pct > 0 and pct > self.relay_pct
+        new = high and not self._relay_high
+        self._relay_high = high
+        self.counts["relay_share"] += new
+        return new
 
     def check(self, rates: dict[str, float]) -> list[tuple[str, float, str]]:
         """rates: session id -> model-seconds per second. Returns the new alerts (id, rate, why)."""
@@ -121,7 +134,8 @@ class CostControls:
     def __init__(self, cfg):
         self.cfg = cfg
         self.ledger = FrameLedger(cfg.frame_cap_window_s)
-        self.anomalies = AnomalyWatch(cfg.anomaly_model_share, cfg.anomaly_median_factor)
+        self.anomalies = AnomalyWatch(cfg.anomaly_model_share, cfg.anomaly_median_factor,
+                                      relay_pct=cfg.anomaly_relay_pct)
         self.hits = collections.Counter()  # error code -> offers refused or sessions ended by a cap
         self._charged: dict[str, int] = {}  # session id -> frames already charged
         self._ending: set[str] = set()  # sessions already told to end (their room closes after a grace)
@@ -189,6 +203,11 @@ class CostControls:
             r = by_id[sid]
             log.warning("anomaly: session %s (room %s, tenant %s) uses %.3f model-seconds per second, %s",
                         sid, r.id, tenant_of(r.tenant), rate, why)
+        pcs = [pc for r in rooms for pc in r.pcs]
+        share = relay_pct(pcs)
+        if self.anomalies.check_relay(share):
+            log.warning("anomaly: %.0f %% of connected peers go through a TURN relay (%d peers), above %g %%",
+                        share, len(pcs), self.anomalies.relay_pct)
 
     def _frame_cap(self, key: str, cap: int, what: str, now: float) -> CapExceeded:
         wait = self.ledger.retry_after(key, cap, now)
