@@ -22,6 +22,7 @@ from worldlab.transport.quality import LADDER, Ladder, upscale
 
 log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
+LAND_EARLY_S = 0.002  # the pacing instant leads the model's expected landing by this: an early frame waits <= it
 
 
 class RoomTrack(MediaStreamTrack):
@@ -79,8 +80,12 @@ class RoomTrack(MediaStreamTrack):
             raise MediaStreamError
         await self._pace()
         period = 1.0 / self.session.fps_target
-        self._next_at = max(self._next_at + period, time.monotonic() - period)  # no bursts after a stall
         frame, meta, new = self.session.slot.take()
+        # Phase-locked to the model: the next instant is when its next frame should land (this one's production
+        # + a period, a little early). A free-running grid of its own phase let each frame wait in the slot for
+        # up to a period (17 ms on average) before it was sent. max(): no bursts after a stall.
+        landing = meta.produced_at + period - LAND_EARLY_S if new and meta is not None else self._next_at + period
+        self._next_at = max(landing, time.monotonic() - period)
         taken = time.monotonic()
         if frame is None:
             frame = np.zeros(self.frame_shape, np.uint8) if self._last is None else self._last[0]

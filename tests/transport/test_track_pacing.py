@@ -1,0 +1,33 @@
+"""RoomTrack's pacing rule: after a new model frame the next send instant is that frame's production + one
+period (a little early), so frames go out as they land instead of waiting in the slot for a grid of another
+phase; after a repeat (the model is late) the grid moves on by one period."""
+
+import time
+
+import numpy as np
+import pytest
+
+from worldlab.engine.session import Session
+from worldlab.engine.slot import FrameMeta
+from worldlab.transport.track import LAND_EARLY_S, RoomTrack
+
+
+def put(session, frame_id: int, produced_at: float) -> None:
+    session.slot.put(np.zeros((64, 64, 3), np.uint8), FrameMeta(frame_id, -1, produced_at, 1.0, 0.0))
+
+
+async def test_the_send_instant_locks_to_the_models_frames_not_to_its_own_grid():
+    session = Session(None, "forest", fps_target=30.0)
+    track = RoomTrack(session, frame_shape=(64, 64, 3))
+    period = 1 / 30
+    put(session, 0, time.monotonic())
+    await track.recv()  # the first frame: sent at once
+    landed = time.monotonic() - 0.010  # the model's next frame landed 10 ms ago, off the track's old phase
+    put(session, 1, landed)
+    await track.recv()
+    assert track._next_at == pytest.approx(landed + period - LAND_EARLY_S)  # the next instant: its next frame
+    before = track._next_at
+    await track.recv()  # nothing new by the deadline: a repeat, and the grid moves on by one period
+    assert track.repeats == 1 and track._next_at == pytest.approx(max(before + period, time.monotonic() - period),
+                                                                  abs=2e-3)
+    track.stop()
