@@ -22,7 +22,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser_support import chromium_browser, free_port, running  # noqa: E402
+from benchmarks.browser import chromium_browser, free_port, running  # noqa: E402
 from worldlab.engine.metrics import percentiles  # noqa: E402
 
 BUDGET = {"capture_ms": "20-40", "model_ms": "16-33", "encode_ms": "8-20", "network_ms": "60-120",

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stream_bench import pcts, press_keys, webrtc_run  # noqa: E402
-from tests.browser_support import chromium_browser, jupyter_lab_on_quickstart  # noqa: E402
+from benchmarks.browser import chromium_browser, jupyter_lab_on_quickstart  # noqa: E402
 
 TOKEN = "worldlab-bench"
 STATS = "document.querySelector('.worldlab-player').player"

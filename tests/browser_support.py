@@ -6,97 +6,15 @@ Playwright cannot download its own browser here; /usr/bin/chromium is installed 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
 import time
 
 import pytest
 
-# The Chromium binary, its flags and its launcher are defined once, beside the benchmarks that use them too.
-from benchmarks.browser import CHROMIUM, CHROMIUM_ARGS, chromium_browser, have_chromium  # noqa: F401
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-@contextlib.contextmanager
-def running(argv: list[str], port: int, log_path: str, env: dict | None = None, cwd: str | None = None):
-    """Start a server subprocess, wait for its port, and always stop it (then kill if it lingers)."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
-        try:
-            try:
-                wait_for_port(port, proc)
-            except (RuntimeError, TimeoutError) as exc:  # say why: the server's last words
-                raise RuntimeError(f"{exc}; log tail:\n{open(log_path).read()[-2000:]}") from None
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGINT)  # SIGTERM drains for up to drain_deadline_s; SIGINT stops now
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-@contextlib.contextmanager
-def jupyter_lab_on_quickstart(work, token: str, model: str, checkpoint=None, *, base_url: str = "/",
-                              host: str = "127.0.0.1", extra_cells: tuple = ()):
-    """JupyterLab on a free loopback port serving a copy of the quickstart whose model is `model`
-    ("tiny" or "oracle"; with "tiny", `checkpoint` replaces the shipped one), with `extra_cells` (code)
-    appended; yields the URL of `base_url` on `host` (no trailing slash) and always stops the server.
-    A `host` other than 127.0.0.1 must resolve to loopback in the browser (chromium_browser(host_map=...))."""
-    import json
-    import pathlib
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    work = pathlib.Path(work)
-    nb = json.loads((root / "notebooks" / "01_quickstart.ipynb").read_text())
-    src = "".join(nb["cells"][1]["source"])
-    default = "model_name = None"
-    assert default in src, "the quickstart's parameters cell changed: update this helper"
-    nb["cells"][1]["source"] = src.replace(default, f'model_name = "{model}"')
-    if checkpoint is not None:
-        load = "".join(nb["cells"][2]["source"])
-        assert "resolve(model_name)" in load, "the quickstart's model cell changed: update this helper"
-        nb["cells"][2]["source"] = load.replace("resolve(model_name)", f"resolve({str(checkpoint)!r})")
-    for src in extra_cells:
-        nb["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-                            "source": src})
-    (work / "01_quickstart.ipynb").write_text(json.dumps(nb))
-    port = free_port()
-    argv = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--expose-app-in-browser",
-            "--LabApp.news_url=", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            f"--ServerApp.base_url={base_url}"]
-    if host != "127.0.0.1":  # reached by another name, as behind JupyterHub: Jupyter must accept that Host
-        argv.append("--ServerApp.allow_remote_access=True")
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    envvars = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
-    with running(argv, port, str(work / "lab.log"), env=envvars):
-        yield f"http://{host}:{port}{base_url.rstrip('/')}"
+# Chromium, its flags and launcher, free ports, server processes and the quickstart JupyterLab are defined once,
+# beside the benchmarks that use them too.
+from benchmarks.browser import (CHROMIUM, CHROMIUM_ARGS, chromium_browser, free_port,  # noqa: F401
+                                have_chromium, jupyter_lab_on_quickstart, running, wait_for_port)
 
 
 def video_pixels(page, selector: str, size: int = 64):
