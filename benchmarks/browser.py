@@ -63,14 +63,16 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
 
 
 @contextlib.contextmanager
-def running(argv: list[str], port: int, log_path: str, env: dict | None = None, cwd: str | None = None):
-    """Start a server subprocess, wait for its port, and always stop it (then kill if it lingers)."""
+def running(argv: list[str], port: int, log_path: str, env: dict | None = None, cwd: str | None = None,
+            timeout: float = 60.0):
+    """Start a server subprocess, wait (up to `timeout` s) for its port, and always stop it (then kill if it
+    lingers)."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True)
         try:
             try:
-                wait_for_port(port, proc)
+                wait_for_port(port, proc, timeout)
             except (RuntimeError, TimeoutError) as exc:  # say why: the server's last words
                 raise RuntimeError(f"{exc}; log tail:\n{open(log_path).read()[-2000:]}") from None
             yield proc

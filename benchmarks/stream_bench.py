@@ -1,5 +1,6 @@
 """Streaming benchmark: real Chromium against `worldlab serve` (fps, pacing, glass-to-glass by stage,
-offer -> first frame), the JPEG-over-WebSocket baseline, and how many 30-fps sessions the machine holds.
+offer -> first frame), the WebCodecs fallback (H.264 over a WebSocket), the JPEG-over-WebSocket baseline, and
+how many 30-fps sessions the machine holds.
 
     python benchmarks/stream_bench.py --model tiny --seconds 60 --json
 Prints figures; asserts nothing (a slow machine must not fail a test).
@@ -126,6 +127,45 @@ def relay_run(pw, model: str, seconds: float) -> dict:
         return webrtc_run(pw, model, seconds, extra=("--config", cfg.name))
 
 
+def webcodecs_run(pw, model: str, seconds: float, fps: float = 30.0) -> dict:
+    """The served page on its WebCodecs fallback (?transport=ws: H.264 access units over a WebSocket, VideoDecoder
+    onto a canvas): the same keys and the same g2g definition, painted at requestAnimationFrame time."""
+    port = free_port()
+    with running(serve_argv(port, model, ("--fps", f"{fps:g}")), port, tempfile.mktemp(suffix=".log")), \
+            chromium_browser(pw) as ctx:
+        page = ctx.new_page()
+        page.goto(f"http://127.0.0.1:{port}/?transport=ws")
+        try:
+            page.wait_for_function("window.worldlab && window.worldlab.stats().frames > 30", timeout=30000)
+        except Exception:  # say what the page saw
+            raise RuntimeError("no WebCodecs frames: " + page.evaluate(
+                "JSON.stringify({st: window.worldlab.stats(), close: window.worldlab.lastSocketClose, "
+                "decode: window.worldlab.lastDecodeError, err: window.worldlab.lastError})")) from None
+        page.wait_for_timeout(2000)  # warm: measure socket -> first painted frame on a fresh socket
+        page.click("#reconnect")
+        page.wait_for_function("window.worldlab.stats().first_frame_ms !== null && window.worldlab.stats().frames > 5",
+                               timeout=30000)
+        first_frame = page.evaluate("window.worldlab.stats().first_frame_ms")
+        page.evaluate("window.worldlab.historyLimit = 1e9; for (const k in window.worldlab.samples) window.worldlab.samples[k] = []")
+        page.locator("body").click()
+        f0, n0, t0 = page.evaluate("window.worldlab.frames"), page.evaluate("window.worldlab.newFrames || 0"), time.monotonic()
+        press_keys(page, seconds)
+        f1, n1, dt = page.evaluate("window.worldlab.frames"), page.evaluate("window.worldlab.newFrames || 0"), time.monotonic() - t0
+        samples = page.evaluate("window.worldlab.samples")
+        st = page.evaluate("window.worldlab.stats()")
+    server = st["server"]
+    return {
+        "transport": st["transport"], "fps_actual": (f1 - f0) / dt, "fps_new_frames": (n1 - n0) / dt, "seconds": dt,
+        "server_fps_actual": server.get("fps_actual"), "drop_pct": server.get("drop_pct"),
+        "interval_ms_p95": pcts(samples["interval_ms"])["p95"], "g2g_ms": pcts(samples["g2g_ms"]),
+        "g2g_samples": len(samples["g2g_ms"]), "socket_to_first_frame_ms": first_frame,
+        "stages_ms_p50": {"capture_ms": pcts(samples["capture_ms"])["p50"], "queue_ms": server.get("queue_ms"),
+                          "model_ms": server.get("model_ms"), "encode_ms": server.get("encode_ms"),
+                          "rtt_ms": pcts(samples["rtt_ms"])["p50"], "decode_ms": pcts(samples["decode_ms"])["p50"]},
+        "bitrate_kbps": server.get("bitrate_kbps"), "resolution": [st["width"], st["height"]],
+    }
+
+
 def jpeg_run(pw, model_name: str, seconds: float) -> dict:
     from aiohttp import web
 
@@ -233,7 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--fps", type=float, default=30.0, help="the served frame rate of the WebRTC run (e.g. 60)")
     ap.add_argument("--max-sessions", type=int, default=12)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: webrtc,jpeg,relay,concurrency")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: webrtc,webcodecs,jpeg,relay,concurrency")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -243,6 +283,8 @@ def main(argv=None) -> int:
     with sync_playwright() as pw:
         if "webrtc" not in skip:
             out["webrtc"] = webrtc_run(pw, args.model, args.seconds, args.fps)
+        if "webcodecs" not in skip:
+            out["webcodecs_ws"] = webcodecs_run(pw, args.model, args.seconds, args.fps)
         if "jpeg" not in skip:
             out["jpeg_ws"] = jpeg_run(pw, args.model, args.seconds)
         if "relay" not in skip:

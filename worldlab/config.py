@@ -92,6 +92,14 @@ class SessionConfig:
     # slow first call must never look like a stall; its batch-mates wait only batch_timeout_s, below); an
     # ended session's peers get their `error` fault_grace_s before the room closes.
     step_timeout_s: float = 2.0
+    # Input-aware tick phase (worldlab.engine.scheduler): a key change that would wait more than
+    # early_tick_min_ms for its session's next tick is stepped at once (instead of up to a period later); the
+    # phase gained is paid back by stretching that session's next intervals by at most early_tick_repay x a
+    # period, so frames per second (world time) stay exact and the session rejoins the shared grid for
+    # micro-batching. A session is never more than one period ahead of the grid.
+    early_tick: bool = True
+    early_tick_min_ms: float = 4.0
+    early_tick_repay: float = 0.125
     # A tick waits for a step at most max(batch_timeout_s, batch_timeout_factor x the slowest of the last 30
     # steps) (3 frames at 30 fps): past it, the sessions in a batch are rebuilt from their recent frames and go
     # on alone on their own threads (a stall costs the others that wait once); a session alone waits for its
@@ -119,6 +127,13 @@ class SessionConfig:
     # Provenance (worldlab.security.watermark): a random 64-bit id per session hidden in every frame.
     watermark: bool = True
     watermark_key: str = "worldlab-watermark-v1"  # seeds the pattern; `worldlab verify` must use the same
+    # Sound (worldlab.engine.audio): an Opus track on the same peer connection and clock as the video, a click
+    # when a sprite visibly bounces and a tone pitched by the agent's x (`worldlab serve --audio on|off`).
+    audio: bool = True
+    # Chrome plays WebRTC audio ~90 ms after the video it belongs to (its audio jitter buffer and output latency;
+    # the video is shown at once: playout delay 0). A bounce the world's motion foresees is clicked this much
+    # before its frame's pts, so both reach the viewer together (docs/streaming.md, Audio). 0: exactly at the pts.
+    audio_lead_ms: float = 90.0
     # Observability (worldlab.telemetry, worldlab.server.metrics). Spans go to the OTLP/HTTP endpoint when one
     # is set, else as JSON lines to `otel_jsonl`; neither: no tracing at all (nothing is recorded per frame).
     otel_endpoint: str = ""  # e.g. http://127.0.0.1:4318/v1/traces

@@ -1,12 +1,14 @@
 """The scheduler on a hand-moved clock and a recording model: sessions due together share one step
 (micro-batching), phase alignment batches different rates, a late session skips ahead instead of
-bursting, input seqs map to the frame ids acked, and a prompt switch recaches before its step."""
+bursting, input seqs map to the frame ids acked, a prompt switch recaches before its step, and a key change
+is stepped at once (input-aware tick phase) with its lead paid back so frames per second stay exact."""
 
 import time
 
 import numpy as np
 import pytest
 
+from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.engine import scheduler as scheduler_mod
 from worldlab.engine import session as session_mod
@@ -123,7 +125,7 @@ def test_a_session_that_falls_behind_skips_ahead_instead_of_bursting(clock, run)
 
 
 def test_input_seq_is_acked_with_the_first_frame_that_reflects_it(clock, run):
-    sched, model = run()
+    sched, model = run(config=SessionConfig(early_tick=False))  # all three messages land before the tick
     s = Session(1, "p")
     sched.add(s)
     advance_to(clock, s.next_due, sched)
@@ -170,3 +172,74 @@ def test_removed_session_is_no_longer_stepped_and_is_closed(clock, run):
     assert a.closed and a.slot.closed and sched.sessions() == [b]
     advance_to(clock, b.next_due, sched)
     assert model.steps()[-1][1] == [2]
+
+
+# -- input-aware tick phase -----------------------------------------------------------------------------
+def test_a_key_change_is_stepped_at_once_and_its_lead_paid_back_to_the_grid(clock, run):
+    sched, model = run()
+    s = Session(1, "p")
+    sched.add(s)
+    period, repay = 1 / 30, SessionConfig().early_tick_repay / 30
+    advance_to(clock, s.next_due, sched)  # frame 0, on the grid
+    grid = s.next_due
+    clock.t += 0.010  # 10 ms into the period: the next tick is 23 ms away
+    s.set_action(["right"], seq=5)
+    until(lambda: s.frame_id == 1)  # stepped now, the clock never reached the grid point
+    assert model.steps()[-1][2] == [("right",)] and s.pop_acks() == [(5, 1)]
+    assert s.slot.take()[1].queue_ms == 0.0  # the key waited for no tick
+    lead = grid - clock.t
+    assert s.ahead_s == pytest.approx(lead - repay) and s.next_due == pytest.approx(clock.t + period + repay)
+    dues = [s.next_due]
+    while s.ahead_s > 0:
+        advance_to(clock, s.next_due, sched)
+        dues.append(s.next_due)
+    assert all(period < d <= period + repay + 1e-9 for d in np.diff(dues))  # stretched by <= 1/8 period
+    assert s.next_due == pytest.approx(grid + (len(dues) - 1 + 1) * period)  # back on the shared grid
+    # World time: as many frames as grid points passed, the early one included (no extra frame).
+    assert s.frame_id == round((s.next_due - grid) / period)
+
+
+def test_a_session_is_never_more_than_one_period_ahead(clock, run):
+    sched, model = run()
+    s = Session(1, "p")
+    sched.add(s)
+    period = 1 / 30
+    advance_to(clock, s.next_due, sched)
+    clock.t += 0.002
+    s.set_action(["right"], seq=1)
+    until(lambda: s.frame_id == 1)  # 31 ms ahead now
+    clock.t += 0.003
+    s.set_action(["left"], seq=2)  # pulling again would put it ~2 periods ahead: it waits for its tick
+    time.sleep(SETTLE_S)
+    assert s.frame_id == 1 and s.ahead_s <= period
+
+
+def test_an_early_session_rejoins_the_batch_once_its_lead_is_paid(clock, run):
+    sched, model = run()
+    a, b = Session(1, "p"), Session(2, "p")
+    sched.add(a)
+    sched.add(b)
+    advance_to(clock, a.next_due, sched)
+    clock.t += 0.015
+    a.set_action(["up"], seq=1)
+    until(lambda: a.frame_id == 1)
+    assert model.steps()[-1][1] == [1]  # a alone, early
+    for _ in range(10):
+        advance_to(clock, min(a.next_due, b.next_due), sched)
+    time.sleep(SETTLE_S)
+    assert a.ahead_s == 0 and a.next_due == pytest.approx(b.next_due)
+    assert sorted(model.steps()[-1][1]) == [1, 2]  # one batched step again
+    assert a.frame_id == b.frame_id  # same world time
+
+
+def test_with_early_ticks_off_a_key_waits_for_its_tick(clock, run):
+    sched, model = run(config=SessionConfig(early_tick=False))
+    s = Session(1, "p")
+    sched.add(s)
+    advance_to(clock, s.next_due, sched)
+    clock.t += 0.010
+    s.set_action(["right"], seq=1)
+    time.sleep(SETTLE_S)
+    assert s.frame_id == 0
+    advance_to(clock, s.next_due, sched)
+    assert s.frame_id == 1 and s.slot.take()[1].queue_ms == pytest.approx(1000 * (1 / 30 - 0.010), abs=0.5)

@@ -100,7 +100,8 @@ def test_spectators_may_only_ping(raw, code):
 
 REPORT = {"fps_actual": 29.9, "g2g_ms": 61.5, "g2g_ms_p95": 80, "rtt_ms": 1.2, "capture_ms": 0.4,
           "decode_ms": 2.0, "interval_ms_p95": 33.4, "frames": 300, "new_frames": 290, "dropped_frames": 0,
-          "first_frame_ms": 412.0}
+          "first_frame_ms": 412.0, "av_offset_ms_p95": 21.0,
+          "av_path_ms": 88.0}
 
 
 def test_report_parses_every_field_and_nulls():

@@ -8,6 +8,7 @@ drains (no new sessions, clients told, exit 0 by SessionConfig.drain_deadline_s)
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import math
@@ -33,6 +34,9 @@ def register(sub) -> None:
                         "override it")
     p.add_argument("--codec", default=None, choices=CODECS, help=f"default {d.codec}")
     p.add_argument("--fps", type=float, default=None, help=f"default {d.fps_target:g}")
+    p.add_argument("--audio", type=on_off, default=None, metavar="on|off",
+                   help="the sound track (a click per visible bounce, a tone pitched by the agent's x) "
+                        f"(default {'on' if d.audio else 'off'})")
     p.add_argument("--max-sessions", type=int, default=None,
                    help=f"live sessions (players) before new ones get 503 server_full (default {d.max_sessions})")
     p.add_argument("--max-viewers", type=int, default=None,
@@ -61,6 +65,12 @@ def register(sub) -> None:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+    return value == "on"
 
 
 def is_loopback(host: str) -> bool:
@@ -176,7 +186,8 @@ def triage_store(args, cfg):
 
 # --flag -> the SessionConfig field it sets.
 FLAG_FIELDS = {"codec": "codec", "fps": "fps_target", "max_sessions": "max_sessions",
-               "max_viewers": "max_viewers_per_room", "otel_jsonl": "otel_jsonl", "otel_endpoint": "otel_endpoint"}
+               "max_viewers": "max_viewers_per_room", "otel_jsonl": "otel_jsonl", "otel_endpoint": "otel_endpoint",
+               "audio": "audio"}
 
 
 def session_config(args) -> SessionConfig:

@@ -64,6 +64,8 @@ class Scheduler:
         self.micro_batching = micro_batching
         self.step_timeout_s, self.batch_timeout_s = cfg.step_timeout_s, cfg.batch_timeout_s
         self.batch_timeout_factor, self.suspect_steps = cfg.batch_timeout_factor, cfg.suspect_steps
+        self.early_tick, self.early_min_s, self.early_repay = (cfg.early_tick, cfg.early_tick_min_ms / 1000,
+                                                               cfg.early_tick_repay)
         self._runner: _Runner | None = None  # started with the worker
         self._solo: dict[str, _Runner] = {}  # a runner per suspect session
         self._inflight: dict[str, tuple] = {}  # session id -> (future, started, inputs) of an overrun call
@@ -103,6 +105,8 @@ class Scheduler:
     def add(self, session: Session) -> None:
         period = 1.0 / session.fps_target
         session.next_due = math.ceil(time.monotonic() / period) * period
+        session.ahead_s = 0.0
+        session.wake = self._wake if self.early_tick else None
         with self._lock:
             self._sessions[session.id] = session
         self._wake.set()
@@ -131,6 +135,8 @@ class Scheduler:
                 self._wake.clear()
                 continue
             now = time.monotonic()
+            if self.early_tick:
+                self._pull_key_changes(sessions, now)
             first = min(s.next_due for s in sessions)
             if first > now:
                 self._wake.wait(min(first - now, 0.05))
@@ -141,6 +147,17 @@ class Scheduler:
                 self._tick(due)
             except Exception:  # never let one bad tick kill the worker of every session
                 log.exception("scheduler tick failed")
+
+    def _pull_key_changes(self, sessions: list[Session], now: float) -> None:
+        """Input-aware tick phase: a session with a key change whose next tick is more than early_min_s away
+        falls due now, unless that would put it more than one period ahead of the grid (see _tick's repay)."""
+        for s in sessions:
+            gain = s.next_due - now
+            if gain > self.early_min_s and s.ahead_s + gain <= 1.0 / s.fps_target and s.key_changed() \
+                    and s.id not in self._inflight:
+                s.ahead_s += gain
+                s.next_due = now
+                s.metrics.event("early_ticks")
 
     # -- faults --------------------------------------------------------------------------------
     # Every model call runs on a runner thread and the tick waits for it only until a deadline: a thread cannot
@@ -325,16 +342,19 @@ class Scheduler:
                 self._deliver(s, frame, keys, FrameMeta(s.frame_id + 1, seq, done_at, ms, queue_ms), had_input)
         for s in due:
             period = 1.0 / s.fps_target
-            s.next_due += period
+            repay = min(s.ahead_s, self.early_repay * period)  # an early tick's lead, given back a little a frame
+            s.ahead_s -= repay
+            s.next_due += period + repay
             if s.next_due < done_at - period:  # fell more than a frame behind: skip ahead, don't burst
                 s.metrics.event("late_ticks")
                 s.next_due = math.ceil(done_at / period) * period
+                s.ahead_s = 0.0
 
     @staticmethod
     def _deliver(s: Session, frame, keys, meta: FrameMeta, had_input: bool) -> None:
         s.frame_id = meta.frame_id
+        s.note_frame(frame, keys, meta)  # before the slot: the track must find the frame's sound when it sends it
         s.slot.put(frame, meta)
-        s.note_frame(frame, keys, meta)
         s.metrics.add("model_ms", meta.model_ms)
         s.metrics.event("frames")
         if had_input:

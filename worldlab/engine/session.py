@@ -40,6 +40,9 @@ class Session:
         self._keys: tuple[str, ...] = ()
         self._seq = -1  # newest input seq received
         self._input_at: float | None = None  # arrival time of the newest not-yet-applied input
+        self._key_change = False  # an action (not a prompt) is among the unapplied inputs
+        self.wake: threading.Event | None = None  # set by the scheduler: a key change wakes it (early tick)
+        self.ahead_s = 0.0  # how far an early tick put this session ahead of the shared tick grid (s)
         self._pending_prompt: tuple[str, int] | None = None
         self.acks: list[tuple[int, int]] = []  # (seq, frame_id) for the transport to send
         self.closed = False
@@ -50,12 +53,16 @@ class Session:
         # (hot-switching weights / window / KV compression) without restarting the session.
         self.recent: collections.deque = collections.deque(maxlen=8)
         self.frame_log: list | None = None  # set by recorders: (time, frame_id, seq, model_ms, queue_ms)
+        self.sound = None  # its worldlab.engine.audio.SoundScore when the stream has audio: reads every frame
 
     # -- network thread ------------------------------------------------------------------------
     def set_action(self, keys, seq: int) -> None:
         with self._lock:
             self._keys = tuple(keys)
             self._note_input(seq)
+            self._key_change = True
+        if self.wake is not None:
+            self.wake.set()
 
     def set_prompt(self, text: str, seq: int) -> None:
         with self._lock:
@@ -66,6 +73,11 @@ class Session:
         self._seq = max(self._seq, seq)
         if self._input_at is None:
             self._input_at = time.monotonic()
+
+    def key_changed(self) -> bool:
+        """An action arrived that no tick has applied yet."""
+        with self._lock:
+            return self._key_change
 
     def pop_acks(self) -> list[tuple[int, int]]:
         with self._lock:
@@ -79,11 +91,14 @@ class Session:
             queue_ms = (tick_start - self._input_at) * 1000 if self._input_at is not None else 0.0
             had_input = self._input_at is not None
             self._input_at = None
+            self._key_change = False
             prompt, self._pending_prompt = self._pending_prompt, None
             return self._keys, self._seq, queue_ms, prompt, had_input
 
     def note_frame(self, frame, keys, meta) -> None:
         self.recent.append((frame, tuple(keys)))
+        if self.sound is not None:
+            self.sound.observe(meta.frame_id, frame)
         log = self.frame_log
         if log is not None:
             log.append((meta.produced_at, meta.frame_id, meta.seq, meta.model_ms, meta.queue_ms))

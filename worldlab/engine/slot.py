@@ -30,12 +30,29 @@ class LatestFrameSlot:
         self.dropped = 0
         self._last_taken = -1
         self.closed = False
+        self._listeners: list = []  # callables run after every put, on the producing (model) thread
+
+    def listen(self, fn) -> None:
+        """fn() after every put: how an event loop learns a frame landed without polling for it."""
+        self._listeners.append(fn)
+
+    def unlisten(self, fn) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
 
     def put(self, frame: np.ndarray, meta: FrameMeta) -> None:
         with self._cond:
             self._frame, self._meta = frame, meta
             self.produced += 1
             self._cond.notify_all()
+        for fn in list(self._listeners):
+            fn()
+
+    def new_seq(self) -> int | None:
+        """The input seq of the newest frame if it has not been taken yet (None: nothing new)."""
+        with self._cond:
+            new = self._meta is not None and self._meta.frame_id != self._last_taken
+            return self._meta.seq if new else None
 
     def take(self) -> tuple[np.ndarray | None, FrameMeta | None, bool]:
         """(frame, meta, is_new): the newest frame; frames produced but never taken count as dropped."""

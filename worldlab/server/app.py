@@ -7,6 +7,7 @@ details only for a loopback scrape (no proxy headers) or an admin token; anyone 
 With a keyring, POST /offer needs a room token (worldlab.security.tokens); with `allowed_hosts`, other
 Host/Origin names get 403 (DNS rebinding); offers are rate-limited per client IP (429 + Retry-After).
 POST /admin/drain (or SIGTERM, in `worldlab serve`) drains: /healthz and new offers answer 503 draining.
+GET /ws is the WebCodecs fallback (H.264 over a WebSocket) with /offer's token gate, rate limit and errors.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.tokens import Keyring, TokenError
 from worldlab import telemetry
 from worldlab.server import metrics as prom
-from worldlab.transport import ice, protocol
+from worldlab.transport import ice, protocol, websocket
 from worldlab.transport.peer import ROOM_RE, OfferError, PeerHub
 from worldlab.model.protocol import describe
 
@@ -271,13 +272,89 @@ async def offer(request):
     except TokenError as exc:
         return token_error(exc)
     except OfferError as exc:
-        resp = error(exc.status, exc.code, str(exc))
-        if exc.retry_after_s is not None:
-            resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        return resp
+        return offer_error(exc)
     except ValueError as exc:  # e.g. an empty or oversized prompt
         return error(400, "bad_field", str(exc))
     return web.json_response(answer)
+
+
+def offer_error(exc: OfferError) -> web.Response:
+    resp = error(exc.status, exc.code, str(exc))
+    if exc.retry_after_s is not None:
+        resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return resp
+
+
+def same_origin(request) -> bool:
+    """A browser's WebSocket is not bound by CORS: refuse one opened by a page of another origin (a site the
+    user visits must not start and steer a session on their local server). Non-browser clients send no Origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        return urllib.parse.urlsplit(origin).netloc.lower() == request.host.lower()
+    except ValueError:
+        return False
+
+
+async def ws_stream(request):
+    """GET /ws?room=R&token=T&prompt=P&preset=Q: the WebCodecs fallback for a page whose WebRTC cannot connect
+    (worldlab.transport.websocket). The checks and errors of POST /offer: as JSON without the upgrade; with it,
+    as a ctl `error` {code, message, status} and a close with code 4000 + status (a page cannot read a refused
+    handshake)."""
+    cfg = request.app[CONFIG]
+    # aiohttp pings every heartbeat and drops a socket silent for 1.5 of them: about when ICE consent drops a peer.
+    # No permessage-deflate: access units are compressed already, and deflating them only adds latency.
+    ws = web.WebSocketResponse(max_msg_size=cfg.sctp_max_message_bytes, compress=False,
+                               heartbeat=cfg.consent_interval_s * cfg.consent_failures / 1.5)
+    upgrade = ws.can_prepare(request).ok
+    got = await _socket_room(request, upgrade)
+    if isinstance(got, web.Response):
+        return await _refuse_socket(request, ws, got) if upgrade else got
+    try:
+        await ws.prepare(request)
+    except (ConnectionError, RuntimeError):  # the client left during the handshake
+        await request.app[HUB].detach_channel(got, None)
+        return ws
+    await websocket.serve(ws, request.app[HUB], got)
+    return ws
+
+
+async def _socket_room(request, upgrade: bool):
+    """The room for a /ws request, or the error Response refusing it."""
+    if (refused := rate_limited(request)) is not None:
+        return refused
+    q = request.query
+    try:
+        if not same_origin(request):
+            raise OfferError(403, "bad_origin", "this WebSocket was opened by a page of another origin")
+        room = _field(q, "room", str)
+        if room is not None and not ROOM_RE.match(room):
+            raise OfferError(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
+        tenant = authorize(request.app[KEYRING], q, room, "player")
+        preset = q.get("preset", "auto")
+        if preset not in protocol.QUALITY:
+            raise OfferError(400, "bad_field", f"field 'preset' must be one of {protocol.QUALITY}")
+        if not upgrade:
+            raise OfferError(426, "upgrade_required", "GET /ws is a WebSocket: open it with a WebSocket client")
+        return await request.app[HUB].open_socket_room(q.get("prompt"), room=room, quality=preset, tenant=tenant)
+    except TokenError as exc:
+        return token_error(exc)
+    except OfferError as exc:
+        return offer_error(exc)
+    except ValueError as exc:  # e.g. an empty or oversized prompt
+        return error(400, "bad_field", str(exc))
+
+
+async def _refuse_socket(request, ws: web.WebSocketResponse, refusal: web.Response) -> web.WebSocketResponse:
+    err = protocol.loads(refusal.body)["error"]
+    retry = refusal.headers.get("Retry-After")
+    extra = {"retry_after_s": float(retry)} if retry is not None else {}
+    await ws.prepare(request)
+    await ws.send_str(protocol.encode("error", code=err["code"], message=err["message"], status=refusal.status,
+                                      **extra))
+    await ws.close(code=4000 + refusal.status, message=err["code"].encode()[:120])
+    return ws
 
 
 async def ice_config(request):
@@ -361,6 +438,7 @@ def build_app(model, *, codec: str = "vp8", fps: float = 30.0, micro_batching: b
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/offer", offer)
+    app.router.add_get("/ws", ws_stream)
     app.router.add_get("/ice", ice_config)
     app.router.add_post("/triage/{room}", seal_triage)
     app.router.add_post("/admin/drain", admin_drain)

@@ -10,11 +10,15 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 
 class PeerClient:
-    """keep_frames=False only counts frames (no decode to arrays): cheap enough for many clients."""
+    """keep_frames=False only counts frames (no decode to arrays): cheap enough for many clients. audio=True
+    also offers to receive the sound track: its decoded av.AudioFrame-s collect in `audio_frames`."""
 
-    def __init__(self, keep_frames: bool = True):
+    def __init__(self, keep_frames: bool = True, audio: bool = False):
         self.pc = RTCPeerConnection()
         self.pc.addTransceiver("video", direction="recvonly")
+        if audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        self.audio_frames: list = []
         self.ch = self.pc.createDataChannel("ctl", ordered=True)
         self.keep_frames = keep_frames
         self.msgs: list[dict] = []
@@ -27,7 +31,14 @@ class PeerClient:
 
         @self.pc.on("track")
         def on_track(track):
-            asyncio.ensure_future(self._pull(track))
+            asyncio.ensure_future(self._pull(track) if track.kind == "video" else self._pull_audio(track))
+
+    async def _pull_audio(self, track):
+        while True:
+            try:
+                self.audio_frames.append(await track.recv())
+            except Exception:
+                return
 
     async def _pull(self, track):
         while True:

@@ -38,12 +38,14 @@ from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.ringbuffer import TriageStore
 from worldlab.security.watermark import Embedder, format_id
 from worldlab.telemetry import notify
-from worldlab.transport import ice, protocol
+from worldlab.transport import ice, protocol, websocket
 from worldlab.transport.caps import CapExceeded, CostControls
 from worldlab.transport.consent import tighten_consent
 from worldlab.transport.playout_delay import enable as enable_zero_playout_delay
 from worldlab.transport.quality import Ladder, QualityController, network_figures, reading
 from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
+from worldlab.transport.audio import RoomAudioTrack
+from worldlab.engine.audio import MAX_LEAD_S, SoundScore
 from worldlab.model.protocol import describe
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ class Room:
     watermark_id: int | None = None  # the 64-bit id hidden in this room's frames (None: no watermark)
     adapt: object = None  # its QualityController (worldlab.transport.quality)
     rate_drops: int = 0  # data-channel messages dropped by the rate limits
+    audio: object = None  # its RoomAudioTrack (worldlab.transport.audio); None with SessionConfig.audio off
+    socket: bool = False  # streamed over a WebSocket (worldlab.transport.websocket), not WebRTC
 
 
 # -- ICE bind address --------------------------------------------------------------------------------
@@ -181,6 +185,14 @@ def _cap_sctp_messages(pc, limit: int, on_violation) -> bool:
     return True
 
 
+def _add_sound(room: Room, lead_ms: float) -> None:
+    """The room's sound on the video's clock: the model worker reads each frame (Session.sound), the video track
+    places its click and pitch as it sends it, the audio track sends the samples (worldlab.engine.audio)."""
+    score = SoundScore(room.session.origin, fps=room.session.fps_target, lead_s=lead_ms / 1000)
+    room.session.sound = room.track.sound = score
+    room.audio = RoomAudioTrack(room.session, score)
+
+
 def _release_native_memory() -> None:
     """Hand freed native memory (codec, DTLS and SRTP buffers of closed rooms) back to the OS: glibc keeps
     it in its arenas otherwise, and a churned server's RSS stays at its peak. No-op off glibc."""
@@ -215,6 +227,8 @@ class PeerHub:
         self.stats_interval = stats_interval_s
         self.ladder = Ladder(self.cfg.quality_ladder)  # a bad ladder in `serve --config` fails here
         self.ladder[self.cfg.quality_start]  # and so does a start rung that is not on it
+        if not 0 <= self.cfg.audio_lead_ms <= MAX_LEAD_S * 1000:  # and an audio lead out of range
+            raise ValueError(f"audio_lead_ms must be in [0, {MAX_LEAD_S * 1000:g}], got {self.cfg.audio_lead_ms!r}")
         self.ice_host = ice_bind_address(ice_host)
         if self.ice_host is not None and not _install_ice_host_hook():
             self.ice_host = None
@@ -242,6 +256,9 @@ class PeerHub:
         if role == "viewer" or (join and room in self.rooms):
             if room not in self.rooms:
                 raise OfferError(404, "unknown_room", f"no live room {room!r}")
+            if self.rooms[room].socket:
+                raise OfferError(409, "socket_room", f"room {room!r} streams over a WebSocket (the WebCodecs "
+                                                     "fallback): it has no WebRTC stream to join")
             if self.rooms[room].tenant != tenant:
                 raise OfferError(403, "wrong_tenant", f"room {room!r} belongs to another tenant")
             return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
@@ -253,7 +270,7 @@ class PeerHub:
             raise
 
     async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
-                          persistent: bool = False, tenant: str | None = None) -> Room:
+                          persistent: bool = False, tenant: str | None = None, codec: str | None = None) -> Room:
         """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs).
 
         Without `room`, the id is random and unguessable. Raises OfferError 409 room_taken for a live (or
@@ -290,15 +307,13 @@ class PeerHub:
                  adapt=QualityController(self.cfg, quality, ladder=self.ladder))
         r.watermark_id = secrets.randbits(64) if self.cfg.watermark else None
         self._record(r)  # before the room exists: a failed write leaves nothing behind
-        r.track = RoomTrack(session, codec=self.codec, keyframe_interval_s=self.kf,
-                            on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
-                            frame_shape=tuple(self.model.frame_shape), observers=self.observers, ladder=self.ladder,
-                            watermark=None if r.watermark_id is None else Embedder(r.watermark_id,
-                                                                                   self.cfg.watermark_key))
+        r.track = self._track(r, codec or self.codec)
         if self.triage is not None:
-            r.triage = self.triage.buffer(session.id, self.codec)
+            r.triage = self.triage.buffer(session.id, r.track.encoder.codec_name)
             r.track.on_packet = lambda p: r.triage.add_frame(bytes(p), p.pts, p.is_keyframe)
         r.track.set_rung(r.adapt.rung.name)
+        if self.cfg.audio:
+            _add_sound(r, self.cfg.audio_lead_ms)
         self.rooms[r.id] = r
         self._watch_faults(r)
         notify(self.observers, "session_started", session, asked_at)
@@ -307,6 +322,13 @@ class PeerHub:
         if self._caps_task is None or self._caps_task.done():
             self._caps_task = self._spawn(self._caps_loop())
         return r
+
+    def _track(self, r: Room, codec: str, observers=None) -> RoomTrack:
+        return RoomTrack(r.session, codec=codec, keyframe_interval_s=self.kf,
+                         on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
+                         frame_shape=tuple(self.model.frame_shape),
+                         observers=self.observers if observers is None else observers, ladder=self.ladder,
+                         watermark=None if r.watermark_id is None else Embedder(r.watermark_id, self.cfg.watermark_key))
 
     def _record(self, room: Room) -> None:
         """Append the room's signed session record (what `worldlab verify` finds by watermark id)."""
@@ -337,6 +359,8 @@ class PeerHub:
         transceiver = pc.addTransceiver(room.relay.subscribe(room.track, buffered=False), direction="sendonly")
         caps = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == MIME[self.codec]]
         transceiver.setCodecPreferences(caps)
+        if room.audio is not None and "m=audio" in sdp:  # an offer without audio (an older page) gets video only
+            pc.addTransceiver(room.relay.subscribe(room.audio, buffered=False), direction="sendonly")
 
         @pc.on("datachannel")
         def on_dc(channel):
@@ -462,7 +486,9 @@ class PeerHub:
         for seq, fid in room.session.pop_acks():
             for ch in room.player_channels:
                 self._send(ch, protocol.encode("ack", seq=seq, frame_id=fid))
-        msg = protocol.encode("frame", frame_id=frame_id, pts=pts)
+        lead = room.session.sound.click_lead_ms(frame_id) if room.audio is not None else None
+        click = {} if lead is None else {"click": True, "lead_ms": round(lead, 1)}  # the page pairs it with the sound
+        msg = protocol.encode("frame", frame_id=frame_id, pts=pts, **click)
         for ch in room.channels:
             self._send(ch, msg)
 
@@ -470,6 +496,51 @@ class PeerHub:
     def _send(channel, text: str) -> None:
         if channel.readyState == "open":
             channel.send(text)
+
+    # -- WebSocket players (the WebCodecs fallback: worldlab.transport.websocket) -------------------
+    async def open_socket_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
+                               tenant: str | None = None) -> Room:
+        """A room streamed as H.264 over a WebSocket (its own track pulls the frames; no spectators). A named
+        room of the same tenant whose WebRTC peers never connected (the page's ICE failed: it falls back) is
+        replaced instead of answered with room_taken."""
+        if self.closed:
+            raise OfferError(503, "shutting_down", "the server is shutting down")
+        old = self.rooms.get(room) if room is not None else None
+        if (old is not None and old.tenant == tenant and not old.persistent and not old.socket
+                and not old.player_channels and all(pc.connectionState != "connected" for pc in old.pcs)):
+            log.info("room %s: its WebRTC peer never connected; the WebSocket fallback replaces it", room)
+            await self._close_room(old)
+        r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant, codec=websocket.CODEC)
+        r.socket = True
+        return r
+
+    def attach_channel(self, room: Room, channel) -> None:
+        """A socket's ctl channel joins the room as its player (acks, frames, stats, drain, errors)."""
+        room.channels.add(channel)
+        room.player_channels.add(channel)
+        room.track.request_keyframe()
+        if self.draining_until is not None:
+            self._send(channel, self._drain_message())
+
+    def unit_track(self, room: Room) -> RoomTrack:
+        """A second track of a WebRTC room's session, H.264 for a player that takes access units instead (the
+        widget's fallback over its comm; worldlab.transport.websocket.pump). Its frames ack and announce to the
+        room's channels like the room's own; per-frame observers stay with that one (no double counting)."""
+        track = self._track(room, websocket.CODEC, observers=())
+        track.set_rung(room.track.rung)
+        return track
+
+    def socket_ctl(self, room: Room, channel, raw) -> None:
+        """A text message from a socket player: the same ctl handling as the data channel's."""
+        self._on_ctl(room, channel, raw, False)
+
+    async def detach_channel(self, room: Room, channel) -> None:
+        """The socket closed: its room ends with it, like a WebRTC player's."""
+        room.channels.discard(channel)
+        room.player_channels.discard(channel)
+        room.reports.pop(channel, None)
+        if self.rooms.get(room.id) is room and not room.persistent:
+            await self._close_room(room)
 
     # -- stats and adaptive quality --------------------------------------------------------------
     def frontend_stats(self, room: Room, max_age_s: float = 3.0) -> dict | None:
@@ -495,11 +566,13 @@ class PeerHub:
                     "kv_bytes": room.model.kv_bytes(s.state), "relay_pct": ice.relay_pct(room.pcs),
                     "rung": room.track.rung, "quality": room.quality, "viewers": room.viewers,
                     "frame_id": s.frame_id, "session": s.id, "room": room.id})
+        if room.audio is not None:
+            out.update(s.sound.counts())
         return out
 
     async def _stats_loop(self, room: Room) -> None:
         rtcp_seen: dict = {}
-        while room.id in self.rooms and not self.closed:
+        while self.rooms.get(room.id) is room and not self.closed:
             await asyncio.sleep(self.stats_interval)
             st = self.stats(room)
             if self.observers:
@@ -507,9 +580,17 @@ class PeerHub:
                 for ms in await rtcp_rtt_ms(room.pcs, rtcp_seen):
                     notify(self.observers, "rtt", room.session, ms)
             await self._adapt(room, st)
+            self._steer_audio(room)
             msg = protocol.encode("stats", **st)
             for ch in list(room.channels):
                 self._send(ch, msg)
+
+    def _steer_audio(self, room: Room) -> None:
+        """The audio lead follows the player's page: its measured audio path minus video path (`av_path_ms`,
+        the median of its latest clicks), so a click is heard as its bounce is seen (docs/streaming.md, Audio)."""
+        page = self.frontend_stats(room) if room.audio is not None else None
+        if page is not None and page.get("av_path_ms") is not None:
+            room.session.sound.set_lead(min(float(page["av_path_ms"]), MAX_LEAD_S * 1000) / 1000)
 
     async def _adapt(self, room: Room, st: dict) -> None:
         """auto quality: the room's QualityController reads this interval's figures and may move the rung.
@@ -549,7 +630,7 @@ class PeerHub:
                 room.player_channels.discard(ch)
                 room.reports.pop(ch, None)
             await self._close_pc(pc)
-        if not viewer and room.id in self.rooms:
+        if not viewer and self.rooms.get(room.id) is room:  # not a room that has replaced it under the same id
             if not room.persistent:
                 await self._close_room(room)
             elif not room.pcs and room.on_players_gone is not None:
@@ -626,11 +707,14 @@ class PeerHub:
         self.drained.set()
 
     async def _close_room(self, room: Room) -> None:
-        if self.rooms.pop(room.id, None) is room:
+        if self.rooms.get(room.id) is room:  # a room replaced under its id (open_socket_room) leaves the new one be
+            del self.rooms[room.id]
             notify(self.observers, "session_closed", room.session)
             self.caps.settle(room)
         room.scheduler.remove(room.session)
         room.track.stop()
+        if room.audio is not None:
+            room.audio.stop()
         for pc in list(room.pcs):
             room.pcs.discard(pc)
             self.pcs.discard(pc)

@@ -28,7 +28,8 @@ VIEWER_TYPES = ("ping", "report")
 QUALITY = ("auto", "low", "high")  # auto, or pin the bottom / top rung of the ladder (worldlab.transport.quality)
 # What a page may report of its own measurements (`report`): each optional, a finite number >= 0 or null.
 REPORT_FIELDS = ("fps_actual", "g2g_ms", "g2g_ms_p95", "rtt_ms", "capture_ms", "decode_ms", "interval_ms_p95",
-                 "frames", "new_frames", "dropped_frames", "first_frame_ms")
+                 "frames", "new_frames", "dropped_frames", "first_frame_ms", "av_offset_ms_p95",
+                 "av_path_ms")
 _ENVELOPE = ("v", "seq", "type")
 
 

@@ -39,6 +39,7 @@ class RoomTrack(MediaStreamTrack):
         self.session = session
         self.encoder = RoomEncoder(codec, fps=session.fps_target, keyframe_interval_s=keyframe_interval_s)
         self.on_frame = on_frame  # callback(frame_id, pts, meta, emit_time) on the event loop
+        self.sound = None  # the room's worldlab.engine.audio.SoundScore: told of each new frame at its pts instant
         self.watermark = watermark
         self.on_packet = on_packet
         self.observers = tuple(observers)
@@ -46,8 +47,11 @@ class RoomTrack(MediaStreamTrack):
         self.rung = ladder.top.name
         self.frame_shape = frame_shape
         self.sent = 0
+        self.frame_id: int | None = None  # the model frame in the packet recv() returned last (None: none yet)
         self.repeats = 0
         self._next_at: float | None = None
+        self._landed: asyncio.Event | None = None  # set (via the loop) each time the model puts a frame
+        self._on_landed = None
         self._last = None
         self._force_key = False
         self._sent_seq = -1  # newest input seq among the frames sent so far
@@ -60,20 +64,44 @@ class RoomTrack(MediaStreamTrack):
         self._force_key = True
 
     async def _pace(self) -> None:
-        """Send as soon as the model's next frame lands (no phase delay), but never before the pacing
-        instant and never later than half a period past it (then the last frame is repeated)."""
+        """Send as soon as the model's next frame lands (no phase delay), but not before the pacing instant
+        unless the frame answers new input (an early tick: worldlab.engine.scheduler), and never later than
+        half a period past it (then the last frame is repeated)."""
         loop = asyncio.get_running_loop()
         if self._next_at is None:
             await loop.run_in_executor(None, self.session.slot.wait_first, 5.0)
             self._next_at = time.monotonic()
+            self._listen(loop)
             return
-        delay = self._next_at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        period = 1.0 / self.session.fps_target
-        deadline = self._next_at + 0.5 * period
-        while not self.session.slot.has_new() and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
+        deadline = self._next_at + 0.5 / self.session.fps_target
+        while True:
+            self._landed.clear()  # before the check: a frame landing after it sets the event again
+            now = time.monotonic()
+            seq = self.session.slot.new_seq()
+            if (seq is not None and (now >= self._next_at or seq > self._sent_seq)) or now >= deadline:
+                return
+            try:
+                await asyncio.wait_for(self._landed.wait(), (self._next_at if now < self._next_at else deadline) - now)
+            except TimeoutError:
+                pass
+
+    def _listen(self, loop) -> None:
+        """Be woken by the model thread the moment a frame lands (no 1 ms polling per session)."""
+        self._landed = asyncio.Event()
+
+        def landed() -> None:
+            try:
+                loop.call_soon_threadsafe(self._landed.set)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                self.session.slot.unlisten(landed)
+
+        self._on_landed = landed
+        self.session.slot.listen(landed)
+
+    def stop(self) -> None:
+        if self._on_landed is not None:
+            self.session.slot.unlisten(self._on_landed)
+        super().stop()
 
     async def recv(self):
         if self.readyState != "live" or self.session.closed or self.session.fault is not None:
@@ -93,11 +121,14 @@ class RoomTrack(MediaStreamTrack):
         elif not new:
             self.repeats += 1
         self._last = (frame, meta)
+        self.frame_id = None if meta is None else meta.frame_id
         rung = self.ladder[self.rung]
         big = upscale(frame, rung.height)
         if self.watermark is not None:
             big = self.watermark(big)  # after upscaling: the mark is laid out on the frame that is encoded
         emit = time.monotonic()
+        if self.sound is not None and new and meta is not None:
+            self.sound.shown(meta.frame_id, emit)  # its click and pitch start on the audio sample of this pts
         pts = int((emit - self.session.origin) * VIDEO_CLOCK)  # real-time jitter lets the page lock the RTP origin
         force, self._force_key = self._force_key, False
         t0 = time.monotonic()

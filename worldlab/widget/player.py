@@ -25,7 +25,7 @@ from worldlab.config import TOGGLE_CHOICES, Toggles
 from worldlab.engine import Scheduler
 from worldlab.engine.metrics import METRICS
 from worldlab.security import safety
-from worldlab.transport import protocol
+from worldlab.transport import protocol, websocket
 from worldlab.transport.peer import PeerHub
 from worldlab.widget.endpoint import kernel_endpoint
 
@@ -59,6 +59,28 @@ class MediaLoop:
 
     def call(self, coro, timeout: float = 60.0):
         return self.run(coro).result(timeout)
+
+
+class CommChannel:
+    """The widget comm as a ctl channel plus access units (what websocket.pump and PeerHub need of a socket).
+    ipykernel sends comm messages from any thread, so this works from the media loop while the kernel is busy."""
+
+    def __init__(self, widget: "Player"):
+        self.widget = widget
+
+    @property
+    def closed(self) -> bool:
+        return self.widget.status != "live" or self.widget.mode != "fallback"
+
+    @property
+    def readyState(self) -> str:  # noqa: N802 (RTCDataChannel's name: PeerHub._send reads it)
+        return "closed" if self.closed else "open"
+
+    def send(self, text: str) -> None:
+        self.widget.send({"type": "ctl", "text": text})
+
+    async def send_au(self, message: bytes) -> None:
+        self.widget.send({"type": "au"}, buffers=[message])
 
 
 class ModelPool:
@@ -171,6 +193,7 @@ class Player(anywidget.AnyWidget):
         self._frontend: dict = {}
         self._frontend_at = 0.0
         self._fallback_task = None
+        self._units = None  # the WebCodecs fallback's CommChannel, once a view asked for it
         self._close_timer = None
         self._switching = False  # set while the relay applies a toggle: the trait echo must not switch again
         self.on_msg(self._on_msg)
@@ -196,6 +219,8 @@ class Player(anywidget.AnyWidget):
 
     def _players_gone(self) -> None:
         """Every WebRTC view's peer connection is gone (closed tab: ICE consent expired)."""
+        if self.mode == "fallback" and time.monotonic() - self._frontend_at <= HEARTBEAT_TIMEOUT_S:
+            return  # the view fell back because its peer never connected: the peer's end is not the view's
         self.views = 0
         self._schedule_close()
 
@@ -228,10 +253,13 @@ class Player(anywidget.AnyWidget):
             fut.add_done_callback(lambda f, mid=content.get("id"): self._answer(mid, f))
         elif kind == "frontend_stats":
             self._frontend, self._frontend_at = content.get("stats") or {}, time.monotonic()
-        elif kind == "fallback":
+        elif kind == "fallback":  # codec "h264": the page decodes access units with WebCodecs; else JPEG
             self.mode = "fallback"
             if self._fallback_task is None:
-                self._fallback_task = self.media.run(self._send_jpegs())
+                units = content.get("codec") == websocket.CODEC
+                self._fallback_task = self.media.run(self._send_units() if units else self._send_jpegs())
+        elif kind == "ctl_text" and self._units is not None:  # the WebCodecs view's ctl, as a data channel's
+            self.media.loop.call_soon_threadsafe(self.hub.socket_ctl, self.room, self._units, content.get("text"))
         elif kind == "ctl":
             self._apply_ctl(content.get("msg") or {})
         elif kind == "view_closed":
@@ -257,6 +285,18 @@ class Player(anywidget.AnyWidget):
             s.set_action(parsed.body["keys"], s._seq + 1)
         elif parsed.type == "prompt":
             s.set_prompt(parsed.body["text"], s._seq + 1)
+
+    async def _send_units(self) -> None:
+        """The fallback where WebRTC cannot connect, on the served page's WebCodecs path: H.264 access units
+        (worldlab.transport.websocket framing) as comm buffers, ctl text both ways through the hub's handler."""
+        self._units = CommChannel(self)
+        self.hub.attach_channel(self.room, self._units)
+        track = self.hub.unit_track(self.room)
+        try:
+            await websocket.pump(track, self._units)
+        finally:
+            track.stop()
+            await self.hub.detach_channel(self.room, self._units)  # the room is persistent: it lives on
 
     async def _send_jpegs(self) -> None:
         from PIL import Image

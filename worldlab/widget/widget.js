@@ -1,6 +1,6 @@
 // JupyterLab glue for the shared player module (player.js is prepended to this file at import time):
 // signalling through the Jupyter server relay (answers while the kernel is busy) or the widget comm,
-// keyboard focus on the stage, toggles, kernel-gone notice, JPEG fallback.
+// keyboard focus on the stage, toggles, kernel-gone notice, the WebCodecs fallback over the comm (JPEG without it).
 
 const RELAY_POLL_MS = 3000;
 
@@ -129,10 +129,19 @@ function render({ model, el }) {
       kernelGone(e);
     }
   });
-  const startFallback = (why) => {
+  // WebRTC cannot connect: the served page's WebCodecs path (H.264 access units, the same ctl text) over the
+  // comm where the browser has WebCodecs; JPEG pictures and comm key messages where it has not.
+  const startFallback = async (why) => {
     if (fallback || model.get("status") === "closed") return;
     fallback = true;
     player.close(false);
+    if (!(await webCodecsProblem())) {
+      player.attachUnits({ readyState: "open", send: (text) => model.send({ type: "ctl_text", text }) }, "comm");
+      $(".wl-badge").hidden = false;
+      el.dataset.state = "fallback";
+      model.send({ type: "fallback", codec: "h264", reason: String(why || "") });
+      return;
+    }
     video.hidden = true;
     $(".wl-fallback").hidden = false;
     $(".wl-badge").hidden = false;
@@ -140,8 +149,8 @@ function render({ model, el }) {
     model.send({ type: "fallback", reason: String(why || "") });
   };
   const fallbackKeys = new Set();
-  stage.addEventListener("keydown", (e) => fallback && fallbackKey(e, true));
-  stage.addEventListener("keyup", (e) => fallback && fallbackKey(e, false));
+  stage.addEventListener("keydown", (e) => fallback && !player.units && fallbackKey(e, true));
+  stage.addEventListener("keyup", (e) => fallback && !player.units && fallbackKey(e, false));
   function fallbackKey(e, down) {
     const key = { ArrowUp: "up", ArrowDown: "down", ArrowLeft: "left", ArrowRight: "right", w: "up", s: "down", a: "left", d: "right" }[e.key];
     if (!key) return;
@@ -152,7 +161,12 @@ function render({ model, el }) {
   }
 
   const onMsg = async (msg, buffers) => {
-    if (msg.type === "jpeg" && buffers && buffers.length) {
+    if (msg.type === "au" && buffers && buffers.length && player.units) {
+      const b = buffers[0]; // a DataView (or ArrayBuffer) over the message's bytes
+      player.feedUnit(b instanceof ArrayBuffer ? b : b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+    } else if (msg.type === "ctl" && typeof msg.text === "string" && player.units) {
+      player.feedText(msg.text);
+    } else if (msg.type === "jpeg" && buffers && buffers.length) {
       const bmp = await createImageBitmap(new Blob([buffers[0]], { type: "image/jpeg" }));
       const g = $(".wl-fallback").getContext("2d");
       g.imageSmoothingEnabled = false;
@@ -170,7 +184,7 @@ function render({ model, el }) {
 
   $(".wl-send").addEventListener("click", () => {
     const text = $(".wl-prompt").value;
-    fallback ? model.send({ type: "ctl", msg: { type: "prompt", text } }) : player.sendPrompt(text);
+    fallback && !player.units ? model.send({ type: "ctl", msg: { type: "prompt", text } }) : player.sendPrompt(text);
   });
   model.on("change:prompt", () => { $(".wl-prompt").value = model.get("prompt"); });  // player.prompt = ...
   el.querySelectorAll("select[data-trait]").forEach((s) => s.addEventListener("change", () => {
