@@ -179,13 +179,13 @@ class InProcessServer:
 
     def session(self, room: str) -> dict:
         """A served room as the server sees it: its peer connections (by identity), the agent's x in the
-        oracle's world, the page's last `report` (PeerHub.frontend_stats), how many of its `ctl` messages were
+        oracle's world, the page's last `report` (Room.page_report), how many of its `ctl` messages were
         over the rate limits (a burst of queued ones after an outage would be); and how many rooms there are."""
         def get():
             one = self.hub.rooms.get(room)
             return {"rooms": len(self.hub.rooms), "room": one and one.id, "pcs": one and sorted(map(id, one.pcs)),
                     "agent_x": one and int(one.session.state.world.agent[0]),
-                    "report": one and self.hub.frontend_stats(one), "rate_drops": one and one.rate_drops}
+                    "report": one and one.page_report(), "rate_drops": one and one.rate_drops}
         return self.call(get)
 
     def _stop_loop(self) -> None:

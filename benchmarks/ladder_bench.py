@@ -105,7 +105,7 @@ async def one_run(load, load_s: float, settle_s: float) -> dict:
             path.append((round(down_s, 2), room.track.rung))
             await asyncio.sleep(settle_s)  # the 2 s fps window moves past the top rung's frames
             while time.monotonic() - t_on < load_s:
-                fps.append(hub.stats(room)["fps_actual"])
+                fps.append(room.stats()["fps_actual"])
                 if room.track.rung != path[-1][1]:
                     path.append((round(time.monotonic() - t_on, 2), room.track.rung))
                 await asyncio.sleep(0.25)

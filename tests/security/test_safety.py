@@ -10,7 +10,7 @@ from tests.transport.test_hardening import errors, hub_on, until
 from tests.transport.test_inprocess import Client
 from worldlab.security import safety
 from worldlab.transport import protocol
-from worldlab.transport.peer import OfferError
+from worldlab.transport.rooms import OfferError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ from worldlab.config import SessionConfig
 from worldlab.server import metrics as prom
 from worldlab.transport.caps import AnomalyWatch, FrameLedger
 from worldlab.transport.client import PeerClient
-from worldlab.transport.peer import OfferError
+from worldlab.transport.rooms import OfferError
 
 from tests.transport.test_hardening import hub_on, until
 

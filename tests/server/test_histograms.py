@@ -47,8 +47,8 @@ async def test_stage_histograms_and_the_g2g_slo():
             await until(lambda: b'stage="rtt_ms"} 0.0' not in prom.render(app[PUBLIC_REGISTRY]), timeout=20)
             client.send(type="report", g2g_ms=61.5, g2g_ms_p95=150.0, decode_ms=2.0)
             client.send(type="report", g2g_ms=120.0, g2g_ms_p95=90.0)  # reports count for 3 s: send them last
-            await until(lambda: app[HUB].frontend_stats(room) is not None
-                        and app[HUB].frontend_stats(room)["g2g_ms_p95"] == 90.0)
+            await until(lambda: room.page_report() is not None
+                        and room.page_report()["g2g_ms_p95"] == 90.0)
 
             s = scrape(await (await http.get("/metrics")).text())
             consumed = room.session.slot.consumed  # new frames taken by the track; each one observed when sent
@@ -73,7 +73,7 @@ async def test_stage_histograms_and_the_g2g_slo():
             assert s[("worldlab_slo_rooms_meeting", frozenset())] == 1.0
 
             client.send(type="report", g2g_ms=130.0, g2g_ms_p95=180.0)
-            await until(lambda: app[HUB].frontend_stats(room)["g2g_ms_p95"] == 180.0)
+            await until(lambda: room.page_report()["g2g_ms_p95"] == 180.0)
             public = scrape(prom.render(app[PUBLIC_REGISTRY]).decode())
             assert room.id not in str(public)  # no room ids for an untrusted scrape
             assert public[("worldlab_g2g_p95_ms", frozenset())] == 180.0  # the worst room

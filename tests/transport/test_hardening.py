@@ -14,7 +14,8 @@ from aiortc import RTCPeerConnection
 from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler
 from worldlab.engine.oracle import EnvOracle
-from worldlab.transport.peer import OfferError, PeerHub
+from worldlab.transport.peer import PeerHub
+from worldlab.transport.rooms import OfferError
 
 from tests.transport.test_inprocess import Client
 

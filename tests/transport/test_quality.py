@@ -226,7 +226,7 @@ async def test_a_slow_encoder_at_the_top_rung_steps_down_and_the_top_returns_aft
             await until(lambda: room.track.rung != "384p", timeout=8)
             down_s = time.monotonic() - t_on
             assert LADDER[room.track.rung].height < 384, room.track.rung
-            await until(lambda: hub.stats(room)["fps_actual"] >= 27, timeout=8)  # the lower rung keeps the rate
+            await until(lambda: room.stats()["fps_actual"] >= 27, timeout=8)  # the lower rung keeps the rate
             await asyncio.sleep(2.0)
             assert room.track.rung != "384p"  # no probing up while 384p is predicted to miss
             load["on"] = False

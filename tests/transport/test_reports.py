@@ -1,5 +1,5 @@
 """The page's `report` over the ctl channel, end to end with aiortc clients against a PeerHub (oracle):
-PeerHub.frontend_stats returns a player's fresh report (never a spectator's, never a stale one), a bad
+Room.page_report returns a player's fresh report (never a spectator's, never a stale one), a bad
 report gets an `error` and the stream goes on, a dropped peer's report goes with it, /metrics shows the
 page-side stages, and player.js sends exactly protocol.REPORT_FIELDS."""
 
@@ -27,11 +27,11 @@ async def test_reports_reach_frontend_stats_players_only_and_fresh_only():
             ans = await player.connect(hub)
             await viewer.connect(hub, room=ans["room"], role="viewer")
             room = hub.rooms[ans["room"]]
-            assert hub.frontend_stats(room) is None  # nothing reported yet
+            assert room.page_report() is None  # nothing reported yet
 
             player.send(type="report", **PLAYER_REPORT)
-            await until(lambda: hub.frontend_stats(room) is not None)
-            fe = hub.frontend_stats(room)
+            await until(lambda: room.page_report() is not None)
+            fe = room.page_report()
             assert set(fe) == {*protocol.REPORT_FIELDS, "age_s"}
             assert {k: fe[k] for k in PLAYER_REPORT} == PLAYER_REPORT
             assert fe["interval_ms_p95"] is None  # not sent: None, like a null
@@ -41,14 +41,14 @@ async def test_reports_reach_frontend_stats_players_only_and_fresh_only():
             await asyncio.sleep(0.3)
             viewer.send(type="report", g2g_ms=999.0, rtt_ms=9.0)
             await until(lambda: len(room.reports) == 2)
-            assert hub.frontend_stats(room)["g2g_ms"] == 61.5  # still the player's, though older
-            assert hub.frontend_stats(room, max_age_s=0.2) is None  # the player's is stale; the viewer's is ignored
+            assert room.page_report()["g2g_ms"] == 61.5  # still the player's, though older
+            assert room.page_report(max_age_s=0.2) is None  # the player's is stale; the viewer's is ignored
             assert errors(viewer) == []
 
             # The freshest player report wins.
             player.send(type="report", g2g_ms=70.0)
-            await until(lambda: hub.frontend_stats(room, max_age_s=0.2) is not None)
-            fe = hub.frontend_stats(room, max_age_s=0.2)
+            await until(lambda: room.page_report(max_age_s=0.2) is not None)
+            fe = room.page_report(max_age_s=0.2)
             assert fe["g2g_ms"] == 70.0 and fe["rtt_ms"] is None and fe["age_s"] <= 0.2
 
             # /metrics: the page-side stages come from the player's report, per room and aggregated.
@@ -79,11 +79,11 @@ async def test_a_bad_report_gets_bad_field_and_the_stream_goes_on():
             await client.wait_for(lambda: len(errors(client)) >= 3)
             assert errors(client) == ["bad_field"] * 3
             assert "'width'" in [m for m in client.msgs if m["type"] == "error"][1]["message"]
-            assert hub.frontend_stats(room) is None  # nothing of a refused report is kept
+            assert room.page_report() is None  # nothing of a refused report is kept
             n = len(client.frames)
             await client.wait_for(lambda: len(client.frames) >= n + 10)  # still streaming
             client.send(type="report", g2g_ms=12.0)
-            await until(lambda: (hub.frontend_stats(room) or {}).get("g2g_ms") == 12.0)
+            await until(lambda: (room.page_report() or {}).get("g2g_ms") == 12.0)
         finally:
             await client.pc.close()
 

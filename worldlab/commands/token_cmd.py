@@ -24,7 +24,7 @@ def register(sub) -> None:
 def check_args(args) -> int:
     """The ttl in seconds; one clear ValueError for anything else that is wrong."""
     from worldlab.security.tokens import ROLES
-    from worldlab.transport.peer import ROOM_RE
+    from worldlab.transport.rooms import ROOM_RE
 
     if args.role not in ROLES:
         raise ValueError(f"--role must be one of {', '.join(ROLES)}, got {args.role!r}")

@@ -32,7 +32,8 @@ from worldlab.security.tokens import Keyring, TokenError
 from worldlab import telemetry
 from worldlab.server import metrics as prom
 from worldlab.transport import ice, protocol, websocket
-from worldlab.transport.peer import ROOM_RE, OfferError, PeerHub
+from worldlab.transport.peer import PeerHub
+from worldlab.transport.rooms import ROOM_RE, OfferError
 from worldlab.model.protocol import describe
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Per room (label `room`) for a trusted (loopback) scrape; otherwise one unlabelle
 mean over live rooms, so that room ids (which admit spectators) are not listed to anyone who asks.
 
 The page-side stages (PAGE_METRICS) are measured by the player's page, not the server: they come from its
-latest `report` on the ctl channel (PeerHub.frontend_stats; p50 over the page's recent samples) and are
+latest `report` on the ctl channel (Room.page_report; p50 over the page's recent samples) and are
 absent for a room whose player page has not reported in the last 3 s. Cost controls add
 worldlab_anomalies_total{kind}, worldlab_cap_hits_total{code} and worldlab_draining.
 
@@ -40,8 +40,8 @@ class HubCollector:
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         g2g_p95: dict[str, float] = {}
         for room in list(self.hub.rooms.values()):
-            st = self.hub.stats(room)
-            page = self.hub.frontend_stats(room) or {}
+            st = room.stats()
+            page = room.page_report() or {}
             if page.get("g2g_ms_p95") is not None:
                 g2g_p95[room.id] = float(page["g2g_ms_p95"])
             st.update({m: page[m] for m in PAGE_METRICS if st.get(m) is None and page.get(m) is not None})

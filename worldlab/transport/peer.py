@@ -1,7 +1,10 @@
-"""Rooms and peers: one player session per room, spectators through MediaRelay, the `ctl` channel.
+"""Peers: SDP offers become rooms' WebRTC peers (a player, spectators through MediaRelay), and rooms end
+when their players leave, fail, hit a cap or the server drains.
 
 `PeerHub.offer(...)` turns an SDP offer into an answer; the aiohttp server and the JupyterLab widget both
-call it (the widget carries the SDP over its comm instead of HTTP).
+call it (the widget carries the SDP over its comm instead of HTTP). Who does what around it: rooms and their
+admission are worldlab.transport.rooms, the ctl protocol worldlab.transport.ctl, the rung choice
+worldlab.transport.quality.adapt, a model hot-swap worldlab.engine.models.
 
 Guards (numbers in worldlab.config.SessionConfig): at most `max_sessions` rooms and `max_viewers_per_room`
 spectators (503 server_full / room_full); a peer that is not connected `connect_timeout_s` after its answer
@@ -23,7 +26,6 @@ import re
 import secrets
 import socket
 import time
-from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
@@ -31,58 +33,26 @@ from aiortc.rtcrtpsender import RTCRtpSender
 
 from worldlab.config import WILDCARD_HOSTS, SessionConfig
 from worldlab.engine import Scheduler, Session
-from worldlab.model import start_session
+from worldlab.engine.audio import MAX_LEAD_S, SoundScore
+from worldlab.engine.models import describe, open_session, switch_model
 from worldlab.security import records as session_records
 from worldlab.security import safety
-from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.ringbuffer import TriageStore
 from worldlab.security.watermark import Embedder, format_id
 from worldlab.telemetry import notify
-from worldlab.transport import ice, protocol, websocket
-from worldlab.transport.caps import CapExceeded, CostControls
-from worldlab.transport.consent import tighten_consent
-from worldlab.transport.playout_delay import enable as enable_zero_playout_delay
-from worldlab.transport.quality import Ladder, QualityController, network_figures, reading
-from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
+from worldlab.transport import protocol, websocket
 from worldlab.transport.audio import RoomAudioTrack
-from worldlab.engine.audio import MAX_LEAD_S, SoundScore
-from worldlab.model.protocol import describe
+from worldlab.transport.caps import CostControls
+from worldlab.transport.consent import tighten_consent
+from worldlab.transport.ctl import Ctl, send
+from worldlab.transport.playout_delay import enable as enable_zero_playout_delay
+from worldlab.transport.quality import Ladder, QualityController, adapt
+from worldlab.transport.rooms import OfferError, Room, RoomRegistry
+from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
 
 log = logging.getLogger(__name__)
 enable_zero_playout_delay()  # every video packet asks the browser to render it at once (no jitter-buffer hold)
-ROOM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIME = {"vp8": "video/VP8", "h264": "video/H264"}
-
-
-class OfferError(ValueError):
-    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.status, self.code, self.retry_after_s = status, code, retry_after_s
-
-
-@dataclass
-class Room:
-    id: str
-    session: Session
-    track: RoomTrack
-    relay: MediaRelay
-    quality: str = "auto"
-    pcs: set = field(default_factory=set)
-    channels: set = field(default_factory=set)  # player + viewer ctl channels
-    player_channels: set = field(default_factory=set)
-    reports: dict = field(default_factory=dict)  # ctl channel -> (time.monotonic(), its page's last `report`)
-    viewers: int = 0
-    model: object = None  # the WorldModel (variant) this room's session runs on
-    scheduler: object = None
-    persistent: bool = False  # widget rooms outlive their views; served rooms end with their player
-    tenant: str | None = None  # the access-token tenant that created the room (None: no auth)
-    triage: object = None  # its TriageBuffer (worldlab.security.ringbuffer), when the hub keeps them
-    on_players_gone: object = None  # called when a persistent room's last steering peer is gone
-    watermark_id: int | None = None  # the 64-bit id hidden in this room's frames (None: no watermark)
-    adapt: object = None  # its QualityController (worldlab.transport.quality)
-    rate_drops: int = 0  # data-channel messages dropped by the rate limits
-    audio: object = None  # its RoomAudioTrack (worldlab.transport.audio); None with SessionConfig.audio off
-    socket: bool = False  # streamed over a WebSocket (worldlab.transport.websocket), not WebRTC
 
 
 # -- ICE bind address --------------------------------------------------------------------------------
@@ -233,16 +203,20 @@ class PeerHub:
         if self.ice_host is not None and not _install_ice_host_hook():
             self.ice_host = None
         self.records = records.prepare() if records is not None else None  # a bad key path fails now
-        self._ctl_limits = {kind: TokenBucket(rate, burst) for kind, rate, burst in self.cfg.ctl_rate_limits}
-        self.rooms: dict[str, Room] = {}
-        self._creating: dict[str, str | None] = {}  # room id -> tenant, reserved while its session starts
+        self.caps = CostControls(self.cfg)
+        self.registry = RoomRegistry(self.cfg, self.caps)
+        self.ctl = Ctl(self.cfg, self.observers, on_flag=lambda room, why: self._spawn(self.seal_triage(room, why)))
         self.pcs: set[RTCPeerConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
-        self.caps = CostControls(self.cfg)
         self._caps_task: asyncio.Task | None = None
         self.draining_until: float | None = None  # time.monotonic() of the drain deadline, once draining
         self.drained = asyncio.Event()  # set when a drain has ended every room
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """The live rooms by id (the registry's)."""
+        return self.registry.live
 
     # -- offers --------------------------------------------------------------------------------
     async def offer(self, sdp: str, kind: str, *, room: str | None = None, prompt: str | None = None,
@@ -282,39 +256,29 @@ class PeerHub:
         except safety.PromptRefused as exc:
             safety.REVIEW.flag(f"room:{room or '-'}", "prompt", str(exc))
             raise OfferError(400, "prompt_refused", str(exc)) from None
-        if room is not None and (room in self.rooms or room in self._creating):
-            raise OfferError(409, "room_taken", f"room {room!r} already has a player")
-        if len(self.rooms) + len(self._creating) >= self.cfg.max_sessions:
-            raise OfferError(503, "server_full", f"the server is full ({self.cfg.max_sessions} live sessions); "
-                                                 "try again later")
-        try:
-            self.caps.admit(room, tenant, [r.tenant for r in self.rooms.values()] + list(self._creating.values()))
-        except CapExceeded as exc:
-            raise OfferError(exc.status, exc.code, str(exc), exc.retry_after_s) from None
-        room = room or secrets.token_urlsafe(self.cfg.room_id_bytes)
-        self._creating[room] = tenant  # reserve the id and a session slot before the first await
+        room = self.registry.reserve(room, tenant)  # the id and a session slot, before the first await
         try:
             loop = asyncio.get_running_loop()
-            state = await loop.run_in_executor(None, start_session, self.model, prompt, self.seed)
+            state = await loop.run_in_executor(None, open_session, self.model, prompt, self.seed)
         finally:
-            self._creating.pop(room, None)
+            self.registry.release(room)
         if self.closed:
             raise OfferError(503, "shutting_down", "the server is shutting down")
         self._refuse_if_draining()
         session = Session(state, prompt, fps_target=self.fps, room=room)
-        r = Room(session.room, session, None, MediaRelay(), quality=quality, model=self.model,
-                 scheduler=self.scheduler, persistent=persistent, tenant=tenant,
+        r = Room(session.room, session, None, MediaRelay(), quality=quality, scheduler=self.scheduler,
+                 persistent=persistent, tenant=tenant, codec=codec or self.codec,
                  adapt=QualityController(self.cfg, quality, ladder=self.ladder))
         r.watermark_id = secrets.randbits(64) if self.cfg.watermark else None
         self._record(r)  # before the room exists: a failed write leaves nothing behind
-        r.track = self._track(r, codec or self.codec)
+        r.track = self._track(r, r.codec)
         if self.triage is not None:
             r.triage = self.triage.buffer(session.id, r.track.encoder.codec_name)
             r.track.on_packet = lambda p: r.triage.add_frame(bytes(p), p.pts, p.is_keyframe)
         r.track.set_rung(r.adapt.rung.name)
         if self.cfg.audio:
             _add_sound(r, self.cfg.audio_lead_ms)
-        self.rooms[r.id] = r
+        self.registry.add(r)
         self._watch_faults(r)
         notify(self.observers, "session_started", session, asked_at)
         self.scheduler.add(session)
@@ -338,15 +302,11 @@ class PeerHub:
             room.session.id, format_id(room.watermark_id), room.id,
             session_records.model_hash(describe(self.model)), tenant=room.tenant))
 
-    async def switch_model(self, room: Room, model, scheduler) -> None:
-        """Hot-switch a live room to another model variant, prefilled from its recent frames."""
-        s = room.session
-        if model is room.model:
-            return
-        state = await asyncio.get_running_loop().run_in_executor(None, s.rebuild_state, model)
-        room.scheduler.detach(s)
-        s.state, room.model, room.scheduler = state, model, scheduler
-        scheduler.add(s)
+    @staticmethod
+    async def switch_model(room: Room, scheduler: Scheduler) -> None:
+        """Hot-switch a live room to another model variant (`scheduler`'s), prefilled from its recent frames."""
+        await switch_model(room.session, room.scheduler, scheduler)
+        room.scheduler = scheduler
 
     async def _answer(self, room: Room, sdp: str, kind: str, *, viewer: bool) -> dict:
         if viewer and room.viewers >= self.cfg.max_viewers_per_room:
@@ -357,7 +317,7 @@ class PeerHub:
         self.pcs.add(pc)
         room.pcs.add(pc)
         transceiver = pc.addTransceiver(room.relay.subscribe(room.track, buffered=False), direction="sendonly")
-        caps = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == MIME[self.codec]]
+        caps = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == MIME[room.codec]]
         transceiver.setCodecPreferences(caps)
         if room.audio is not None and "m=audio" in sdp:  # an offer without audio (an older page) gets video only
             pc.addTransceiver(room.relay.subscribe(room.audio, buffered=False), direction="sendonly")
@@ -368,11 +328,11 @@ class PeerHub:
             if not viewer:
                 room.player_channels.add(channel)
             if self.draining_until is not None:  # answered just before the drain began
-                self._send(channel, self._drain_message())
+                send(channel, self._drain_message())
 
             @channel.on("message")
             def on_message(raw):
-                self._on_ctl(room, channel, raw, viewer)
+                self.ctl.receive(room, channel, raw, viewer)
 
         @pc.on("connectionstatechange")
         async def on_state():
@@ -417,55 +377,7 @@ class PeerHub:
                     self.cfg.sctp_max_message_bytes)
         self._spawn(self._drop_pc(room, pc, viewer))
 
-    # -- ctl channel ---------------------------------------------------------------------------
-    def _on_ctl(self, room: Room, channel, raw, viewer: bool) -> None:
-        # Runs inside aiortc's SCTP receive loop: nothing may escape from here, or the peer stops streaming.
-        try:
-            self._handle_ctl(room, channel, raw, viewer)
-        except Exception:
-            log.exception("ctl message in room %s failed", room.id)
-            try:
-                self._send(channel, protocol.encode("error", code="internal",
-                                                    message="the message could not be handled"))
-            except Exception:
-                pass
-
-    def _handle_ctl(self, room: Room, channel, raw, viewer: bool) -> None:
-        try:
-            msg = protocol.parse(raw, viewer=viewer)
-        except protocol.ProtocolError as exc:
-            if exc.code == "prompt_refused":
-                safety.REVIEW.flag(room.session.id, "prompt", str(exc))
-                self._record_input(room, {"type": "prompt_refused", "detail": str(exc)})
-                self._spawn(self.seal_triage(room, f"flag: {exc}"))
-            self._send(channel, protocol.encode("error", code=exc.code, message=str(exc)))
-            return
-        if not self._ctl_limits[msg.type].allow(id(channel)):
-            self._rate_limited(room, channel, msg.type)
-            return
-        s = room.session
-        if msg.type in ("action", "prompt"):
-            self._record_input(room, {"type": msg.type, "seq": msg.seq, **msg.body})
-            notify(self.observers, "session_input", s, msg.type, msg.seq, time.monotonic(), msg.body)
-        if msg.type == "action":
-            s.set_action(msg.body["keys"], msg.seq)
-        elif msg.type == "prompt":
-            s.set_prompt(msg.body["text"], msg.seq)
-        elif msg.type == "ping":
-            self._send(channel, protocol.encode("pong", seq=msg.seq, t=msg.body["t"]))
-        elif msg.type == "quality":
-            room.quality = msg.body["preset"]
-            room.track.set_rung(room.adapt.set_mode(room.quality).name)
-        elif msg.type == "report" and channel in room.channels:  # not one racing _drop_pc: it would stay
-            room.reports[channel] = (time.monotonic(), msg.body)
-            if channel in room.player_channels:
-                notify(self.observers, "page_report", s, msg.body)
-
-    @staticmethod
-    def _record_input(room: Room, message: dict) -> None:
-        if room.triage is not None:
-            room.triage.add_input({**message, "frame_id": room.session.frame_id})
-
+    # -- triage and frames ------------------------------------------------------------------------
     async def seal_triage(self, room: Room, reason: str):
         """Write the room's triage buffer to disk (still encrypted); the path, or None without a buffer."""
         if room.triage is None or self.triage is None:
@@ -474,28 +386,15 @@ class PeerHub:
         log.warning("triage buffer of session %s sealed to %s (%s)", room.session.id, path, reason)
         return path
 
-    def _rate_limited(self, room: Room, channel, kind: str) -> None:
-        room.rate_drops += 1
-        if room.rate_drops % self.cfg.rate_flag_every == 1:
-            safety.REVIEW.flag(room.session.id, "rate", f"{kind} messages over the limit ({room.rate_drops} dropped)")
-            self._spawn(self.seal_triage(room, f"flag: {kind} rate"))
-        self._send(channel, protocol.encode("error", code="rate_limited",
-                                            message=f"too many {kind} messages; slow down"))
-
     def _on_frame(self, room: Room, frame_id: int, pts: int) -> None:
         for seq, fid in room.session.pop_acks():
             for ch in room.player_channels:
-                self._send(ch, protocol.encode("ack", seq=seq, frame_id=fid))
+                send(ch, protocol.encode("ack", seq=seq, frame_id=fid))
         lead = room.session.sound.click_lead_ms(frame_id) if room.audio is not None else None
         click = {} if lead is None else {"click": True, "lead_ms": round(lead, 1)}  # the page pairs it with the sound
         msg = protocol.encode("frame", frame_id=frame_id, pts=pts, **click)
         for ch in room.channels:
-            self._send(ch, msg)
-
-    @staticmethod
-    def _send(channel, text: str) -> None:
-        if channel.readyState == "open":
-            channel.send(text)
+            send(ch, msg)
 
     # -- WebSocket players (the WebCodecs fallback: worldlab.transport.websocket) -------------------
     async def open_socket_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
@@ -520,7 +419,7 @@ class PeerHub:
         room.player_channels.add(channel)
         room.track.request_keyframe()
         if self.draining_until is not None:
-            self._send(channel, self._drain_message())
+            send(channel, self._drain_message())
 
     def unit_track(self, room: Room) -> RoomTrack:
         """A second track of a WebRTC room's session, H.264 for a player that takes access units instead (the
@@ -530,79 +429,34 @@ class PeerHub:
         track.set_rung(room.track.rung)
         return track
 
-    def socket_ctl(self, room: Room, channel, raw) -> None:
-        """A text message from a socket player: the same ctl handling as the data channel's."""
-        self._on_ctl(room, channel, raw, False)
-
     async def detach_channel(self, room: Room, channel) -> None:
         """The socket closed: its room ends with it, like a WebRTC player's."""
-        room.channels.discard(channel)
-        room.player_channels.discard(channel)
-        room.reports.pop(channel, None)
+        room.forget_channel(channel)
         if self.rooms.get(room.id) is room and not room.persistent:
             await self._close_room(room)
 
     # -- stats and adaptive quality --------------------------------------------------------------
-    def frontend_stats(self, room: Room, max_age_s: float = 3.0) -> dict | None:
-        """What a player's page measured: the freshest `report` from the room's player channels that is at
-        most `max_age_s` old, as every protocol.REPORT_FIELDS key (None where the page had no figure) plus
-        `age_s`; None if there is none. Spectators' reports are kept but never returned here."""
-        now, best = time.monotonic(), None
-        for ch in list(room.player_channels):
-            got = room.reports.get(ch)
-            if got is not None and now - got[0] <= max_age_s and (best is None or got[0] > best[0]):
-                best = got
-        if best is None:
-            return None
-        return {**dict.fromkeys(protocol.REPORT_FIELDS), **best[1], "age_s": now - best[0]}
-
-    def stats(self, room: Room) -> dict:
-        s, m = room.session, room.session.metrics
-        produced = s.slot.produced
-        drop_pct = 100.0 * s.slot.dropped / produced if produced else 0.0
-        out = {k: v for k, v in m.summary().items() if v is not None}
-        out.update({"fps_target": s.fps_target, "fps_actual": m.rate("sent"),
-                    "drop_pct": drop_pct, "bitrate_kbps": m.rate("bytes") * 8 / 1000,
-                    "kv_bytes": room.model.kv_bytes(s.state), "relay_pct": ice.relay_pct(room.pcs),
-                    "rung": room.track.rung, "quality": room.quality, "viewers": room.viewers,
-                    "frame_id": s.frame_id, "session": s.id, "room": room.id})
-        if room.audio is not None:
-            out.update(s.sound.counts())
-        return out
-
     async def _stats_loop(self, room: Room) -> None:
         rtcp_seen: dict = {}
         while self.rooms.get(room.id) is room and not self.closed:
             await asyncio.sleep(self.stats_interval)
-            st = self.stats(room)
+            st = room.stats()
             if self.observers:
                 notify(self.observers, "room_stats", room.session, st)
                 for ms in await rtcp_rtt_ms(room.pcs, rtcp_seen):
                     notify(self.observers, "rtt", room.session, ms)
-            await self._adapt(room, st)
+            await adapt(room, st, self.stats_interval)
             self._steer_audio(room)
             msg = protocol.encode("stats", **st)
             for ch in list(room.channels):
-                self._send(ch, msg)
+                send(ch, msg)
 
     def _steer_audio(self, room: Room) -> None:
         """The audio lead follows the player's page: its measured audio path minus video path (`av_path_ms`,
         the median of its latest clicks), so a click is heard as its bounce is seen (docs/streaming.md, Audio)."""
-        page = self.frontend_stats(room) if room.audio is not None else None
+        page = room.page_report() if room.audio is not None else None
         if page is not None and page.get("av_path_ms") is not None:
             room.session.sound.set_lead(min(float(page["av_path_ms"]), MAX_LEAD_S * 1000) / 1000)
-
-    async def _adapt(self, room: Room, st: dict) -> None:
-        """auto quality: the room's QualityController reads this interval's figures and may move the rung.
-        Network figures come from the players' peers only: a spectator cannot lower the player's stream."""
-        if room.adapt.mode != "auto":
-            return
-        sctps = {getattr(ch, "transport", None) for ch in room.player_channels}
-        network = await network_figures([pc for pc in room.pcs if pc.sctp is not None and pc.sctp in sctps])
-        rung = room.adapt.update(reading(st, room.session, self.frontend_stats(room), network, self.stats_interval))
-        if rung is not None:
-            log.info("room %s: quality rung %s -> %s", room.id, room.track.rung, rung.name)
-            room.track.set_rung(rung.name)
 
     # -- teardown ------------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:
@@ -626,9 +480,7 @@ class PeerHub:
                 room.viewers = max(0, room.viewers - 1)
             sctp = pc.sctp
             for ch in [c for c in room.channels if sctp is not None and getattr(c, "transport", None) is sctp]:
-                room.channels.discard(ch)  # a churned spectator must not leave its channel behind
-                room.player_channels.discard(ch)
-                room.reports.pop(ch, None)
+                room.forget_channel(ch)  # a churned spectator must not leave its channel behind
             await self._close_pc(pc)
         if not viewer and self.rooms.get(room.id) is room:  # not a room that has replaced it under the same id
             if not room.persistent:
@@ -658,7 +510,7 @@ class PeerHub:
             return
         log.warning("room %s ends: %s", room.id, code)
         for ch in list(room.channels):
-            self._send(ch, protocol.encode("error", code=code, message=message, **extra))
+            send(ch, protocol.encode("error", code=code, message=message, **extra))
         await asyncio.sleep(self.cfg.fault_grace_s)  # closing aborts SCTP at once: let the error go out first
         await self._close_room(room)
 
@@ -699,7 +551,7 @@ class PeerHub:
         msg = self._drain_message()
         for room in list(self.rooms.values()):
             for ch in list(room.channels):
-                self._send(ch, msg)
+                send(ch, msg)
         while self.rooms and time.monotonic() < self.draining_until:
             await asyncio.sleep(0.05)
         await asyncio.gather(*(self._end_room(r, "drained", "the server is restarting; reconnect shortly")
@@ -707,8 +559,7 @@ class PeerHub:
         self.drained.set()
 
     async def _close_room(self, room: Room) -> None:
-        if self.rooms.get(room.id) is room:  # a room replaced under its id (open_socket_room) leaves the new one be
-            del self.rooms[room.id]
+        if self.registry.remove(room):  # a room replaced under its id (open_socket_room) leaves the new one be
             notify(self.observers, "session_closed", room.session)
             self.caps.settle(room)
         room.scheduler.remove(room.session)

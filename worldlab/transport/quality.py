@@ -6,6 +6,7 @@ unit-tested with made-up figures; PeerHub gathers them (`reading`, `network_figu
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from worldlab.config import SessionConfig
 from worldlab.engine.metrics import percentile
 from worldlab.transport.protocol import QUALITY
 
+log = logging.getLogger(__name__)
 PRESETS = ("lean", "full")  # the two bitrate presets of every height, cheapest first
 
 
@@ -91,12 +93,25 @@ class Reading:
 
 
 def reading(stats: dict, session, frontend: dict | None, network: tuple, interval_s: float) -> Reading:
-    """A Reading from PeerHub.stats, the session's metrics, PeerHub.frontend_stats and network_figures."""
+    """A Reading from Room.stats, the session's metrics, Room.page_report and network_figures."""
     recent = session.metrics.values("encode_ms")[-max(1, round(session.fps_target * interval_s)):]
     rtts = [v for v in (network[0], (frontend or {}).get("rtt_ms")) if v is not None]
     return Reading(stats["fps_actual"], stats["fps_target"], percentile(recent, 95),
                    session.metrics.rate("late_ticks"), (frontend or {}).get("decode_ms"),
                    max(rtts) if rtts else None, network[1])
+
+
+async def adapt(room, stats: dict, interval_s: float) -> None:
+    """auto quality: the room's QualityController reads this interval's figures and may move its track's rung.
+    Network figures come from the players' peers only: a spectator cannot lower the player's stream."""
+    if room.adapt.mode != "auto":
+        return
+    sctps = {getattr(ch, "transport", None) for ch in room.player_channels}
+    network = await network_figures([pc for pc in room.pcs if pc.sctp is not None and pc.sctp in sctps])
+    rung = room.adapt.update(reading(stats, room.session, room.page_report(), network, interval_s))
+    if rung is not None:
+        log.info("room %s: quality rung %s -> %s", room.id, room.track.rung, rung.name)
+        room.track.set_rung(rung.name)
 
 
 async def network_figures(pcs) -> tuple[float | None, float | None]:

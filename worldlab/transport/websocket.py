@@ -95,7 +95,7 @@ async def serve(ws: web.WebSocketResponse, hub, room, flush_s: float = 1.0) -> N
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                hub.socket_ctl(room, channel, msg.data)
+                hub.ctl.receive(room, channel, msg.data, False)
     finally:
         channel.closed = True
         pump_task.cancel()

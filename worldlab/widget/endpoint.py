@@ -15,7 +15,7 @@ from aiohttp import web
 
 from worldlab.config import SessionConfig, Toggles
 from worldlab.transport import protocol
-from worldlab.transport.peer import OfferError
+from worldlab.transport.rooms import OfferError
 from worldlab.widget import registry
 
 log = logging.getLogger(__name__)

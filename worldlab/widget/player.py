@@ -259,7 +259,7 @@ class Player(anywidget.AnyWidget):
                 units = content.get("codec") == websocket.CODEC
                 self._fallback_task = self.media.run(self._send_units() if units else self._send_jpegs())
         elif kind == "ctl_text" and self._units is not None:  # the WebCodecs view's ctl, as a data channel's
-            self.media.loop.call_soon_threadsafe(self.hub.socket_ctl, self.room, self._units, content.get("text"))
+            self.media.loop.call_soon_threadsafe(self.hub.ctl.receive, self.room, self._units, content.get("text"), False)
         elif kind == "ctl":
             self._apply_ctl(content.get("msg") or {})
         elif kind == "view_closed":
@@ -274,17 +274,15 @@ class Player(anywidget.AnyWidget):
             self.send({"type": "offer_error", "id": mid, "message": str(exc)})
 
     def _apply_ctl(self, msg: dict) -> None:
+        """A ctl message over the comm (keys and prompts of the JPEG fallback view): the hub's one handler,
+        on the media loop like every other channel's, numbered after the session's newest input."""
+        fields = {k: v for k, v in msg.items() if k not in ("type", "seq")}
         try:
-            parsed = protocol.parse(protocol.encode(msg.get("type", ""), seq=0, **{k: v for k, v in msg.items()
-                                                                                  if k != "type"}))
+            parsed = protocol.parse(protocol.encode(msg.get("type", ""), seq=self.room.session._seq + 1, **fields))
         except protocol.ProtocolError as exc:
             self.send({"type": "error", "code": exc.code, "message": str(exc)})
             return
-        s = self.room.session
-        if parsed.type == "action":
-            s.set_action(parsed.body["keys"], s._seq + 1)
-        elif parsed.type == "prompt":
-            s.set_prompt(parsed.body["text"], s._seq + 1)
+        self.media.loop.call_soon_threadsafe(self.hub.ctl.apply, self.room, parsed)
 
     async def _send_units(self) -> None:
         """The fallback where WebRTC cannot connect, on the served page's WebCodecs path: H.264 access units
@@ -318,7 +316,7 @@ class Player(anywidget.AnyWidget):
         want = {"weights": weights or self.weights, "window": window or self.window, "kv": kv or self.kv}
         Toggles(**want)
         model, sched = await asyncio.get_running_loop().run_in_executor(None, lambda: self.pool.get(**want))
-        await self.hub.switch_model(self.room, model, sched)
+        await self.hub.switch_model(self.room, sched)
         self._switching = True
         try:
             for name, value in want.items():
@@ -343,7 +341,7 @@ class Player(anywidget.AnyWidget):
     def _frontend_report(self) -> dict:
         """What the page measured: its data-channel report (arrives while the kernel is busy), else the JPEG
         fallback's comm heartbeat; {} when no view reported in the last 3 s."""
-        report = self.hub.frontend_stats(self.room, max_age_s=3.0)
+        report = self.room.page_report(max_age_s=3.0)
         if report:
             return report
         return self._frontend if self.views and time.monotonic() - self._frontend_at < 3.0 else {}
@@ -351,7 +349,7 @@ class Player(anywidget.AnyWidget):
     @property
     def stats(self) -> dict:
         """The live metric dictionary: server-side stages plus what the page measured (g2g, rtt, decode)."""
-        st = self.hub.stats(self.room)
+        st = self.room.stats()
         fe = self._frontend_report()
         for k in ("capture_ms", "rtt_ms", "decode_ms", "g2g_ms", "g2g_ms_p95"):
             st[k] = fe.get(k)
