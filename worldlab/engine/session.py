@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 
 from worldlab.config import SessionConfig
+from worldlab.env import normalize_keys
 from worldlab.engine.metrics import Rolling
 from worldlab.engine.slot import LatestFrameSlot
+
+__all__ = ["Session", "normalize_keys"]  # normalize_keys: the key names a session accepts, for the ctl protocol
 
 _ids = itertools.count(1)
 

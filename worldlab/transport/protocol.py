@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from worldlab import env
+from worldlab.engine.session import normalize_keys
 from worldlab.config import SessionConfig
 from worldlab.security import safety
 
@@ -150,7 +150,7 @@ def _check_body(kind: str, msg: dict) -> dict:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) > 4:
             raise ProtocolError("bad_field", "field 'keys' must be a list of up to 4 key names")
         try:
-            env.normalize_keys(keys)
+            normalize_keys(keys)
         except ValueError as exc:
             raise ProtocolError("bad_field", str(exc)) from None
         return {"keys": keys, "t": _number(msg, "t") if "t" in msg else None}
