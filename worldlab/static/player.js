@@ -37,6 +37,9 @@ const ICE_TIMEOUT_MS = 4000; // transport "auto": WebRTC not connected this long
 // each binary message = a 16-byte header (version u8, flags u8 with bit 0 = keyframe, u16, frame_id u32, pts u64
 // at 90 kHz) + one access unit.
 const WS_DECODER = { codec: "avc1.42E01F", optimizeForLatency: true };
+// The server's codecs (worldlab.config.CODECS) and their RTP names; a player asks for one in its offer.
+export const CODEC_MIME = { vp8: "video/VP8", h264: "video/H264", av1: "video/AV1" };
+const CODEC_FALLBACK = ["h264", "vp8"]; // what a page that cannot decode the asked codec takes instead
 const AU_HEADER = 16, AU_VERSION = 1;
 
 // The overlay is drawn in a worker through an OffscreenCanvas where the browser has one, so text
@@ -119,6 +122,21 @@ export function httpSocket(path = "/ws", params = {}) {
 }
 
 // Why this browser cannot play the WebCodecs fallback, or null if it can.
+// The server codecs this browser can decode over WebRTC (its receiver capabilities), e.g. ["vp8", "h264"].
+export function receivableCodecs() {
+  const have = new Set((RTCRtpReceiver.getCapabilities?.("video")?.codecs || []).map((c) => c.mimeType.toLowerCase()));
+  return Object.keys(CODEC_MIME).filter((name) => have.has(CODEC_MIME[name].toLowerCase()));
+}
+
+// `want` if this browser decodes it, else the first of CODEC_FALLBACK it does (AV1 is offered only where it
+// can be decoded); null for no preference (the server's default). Throws on a name the server does not know.
+export function pickCodec(want) {
+  if (!want) return null;
+  if (!(want in CODEC_MIME)) throw new Error(`codec must be one of ${Object.keys(CODEC_MIME).join(", ")}, got ${want}`);
+  const ok = receivableCodecs();
+  return ok.includes(want) ? want : (CODEC_FALLBACK.find((c) => ok.includes(c)) ?? null);
+}
+
 export async function webCodecsProblem() {
   if (typeof VideoDecoder === "undefined" || typeof EncodedVideoChunk === "undefined") {
     return "this browser has no WebCodecs (VideoDecoder), so it cannot use the WebSocket fallback";
@@ -136,8 +154,9 @@ export class Player {
   // socket: (extra) => WebSocket URL of the WebCodecs fallback (httpSocket), or null (WebRTC only);
   // transport: "auto" (WebRTC, then the socket if ICE does not connect in iceTimeoutMs), "webrtc" or "ws".
   constructor({ video, overlay = null, signal, ice = null, keyTarget = document, role = "player",
-    onStatus = () => {}, socket = null, transport = "auto", iceTimeoutMs = ICE_TIMEOUT_MS }) {
+    onStatus = () => {}, socket = null, transport = "auto", iceTimeoutMs = ICE_TIMEOUT_MS, codec = null }) {
     this.video = video;
+    this.codec = codec; // a CODEC_MIME name the player asks the server for (pickCodec), or null: its default
     this.socket = socket;
     this.transport = transport;
     this.iceTimeoutMs = iceTimeoutMs;
@@ -183,7 +202,12 @@ export class Player {
       iceServers: ice.iceServers || [], iceTransportPolicy: ice.iceTransportPolicy || "all",
     });
     this.pc = pc;
-    pc.addTransceiver("video", { direction: "recvonly" });
+    const video = pc.addTransceiver("video", { direction: "recvonly" });
+    const codec = this.role === "player" ? this.codec : null; // spectators take the room's codec
+    if (codec) {  // offer only that codec: the answer cannot pick another one
+      const mime = CODEC_MIME[codec].toLowerCase();
+      video.setCodecPreferences(RTCRtpReceiver.getCapabilities("video").codecs.filter((c) => c.mimeType.toLowerCase() === mime));
+    }
     pc.addTransceiver("audio", { direction: "recvonly" }); // the sound: in the video's stream, on its clock
     const ch = pc.createDataChannel("ctl", { ordered: true });
     this.ch = ch;
@@ -222,7 +246,8 @@ export class Player {
       pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
       setTimeout(resolve, 2000);
     });
-    const answer = await this.signal(pc.localDescription, extra);
+    const answer = await this.signal(pc.localDescription, codec ? { ...extra, codec } : extra);
+    this.negotiated = answer.codec ?? null;
     this.session = answer.session;
     this.room = answer.room;
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
@@ -762,6 +787,7 @@ export class Player {
       av_path_ms: (this.avPaths || []).length >= 3 ? pct(this.avPaths, 50) + (this.audioJitterMs ?? 0) : null,
       audio_error: this.audioError ?? null,
       transport: this.units || (this.pc ? "webrtc" : null),
+      codec: this.units ? "h264" : (this.negotiated ?? null), // what this session's video is encoded with
     };
   }
 

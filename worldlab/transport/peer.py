@@ -52,7 +52,20 @@ from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
 
 log = logging.getLogger(__name__)
 enable_zero_playout_delay()  # every video packet asks the browser to render it at once (no jitter-buffer hold)
-MIME = {"vp8": "video/VP8", "h264": "video/H264"}
+MIME = {"vp8": "video/VP8", "h264": "video/H264"}  # worldlab.config.CODECS -> the RTP codec it negotiates
+_RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
+
+
+def _check_offered(sdp: str, codec: str) -> None:
+    """A codec the page asked for must be in its offer's video section (a browser that cannot decode AV1 does
+    not offer it): else 400 codec_not_offered, not a negotiation that silently picks another codec."""
+    video = re.search(r"^m=video .*?(?=^m=|\Z)", sdp, re.MULTILINE | re.DOTALL)
+    if video is None:
+        return  # no video section at all: negotiation refuses it as bad_sdp
+    name = MIME[codec].split("/")[1].upper()
+    if name not in {n.upper() for n in _RTPMAP.findall(video.group(0))}:
+        raise OfferError(400, "codec_not_offered", f"the browser's offer has no {name}, so it cannot decode it; "
+                                                   "choose a codec it offers")
 
 
 # -- ICE bind address --------------------------------------------------------------------------------
@@ -221,9 +234,15 @@ class PeerHub:
     # -- offers --------------------------------------------------------------------------------
     async def offer(self, sdp: str, kind: str, *, room: str | None = None, prompt: str | None = None,
                     role: str = "player", quality: str = "auto", join: bool = False,
-                    tenant: str | None = None) -> dict:
+                    tenant: str | None = None, codec: str | None = None) -> dict:
         """join=True adds another steering view to an existing room (the widget displayed twice).
-        tenant: the caller's access-token tenant; only the room's own tenant may join it (403 wrong_tenant)."""
+        tenant: the caller's access-token tenant; only the room's own tenant may join it (403 wrong_tenant).
+        codec: the video codec the caller asked for (one of MIME; None: the hub's default); a joining peer
+        gets the room's, and asking for another is 409 codec_mismatch."""
+        if codec is not None:
+            if codec not in MIME:
+                raise OfferError(400, "bad_codec", f"codec must be one of {tuple(MIME)}, got {codec!r}")
+            _check_offered(sdp, codec)
         if self.closed:
             raise OfferError(503, "shutting_down", "the server is shutting down")
         self._refuse_if_draining()
@@ -235,8 +254,11 @@ class PeerHub:
                                                      "fallback): it has no WebRTC stream to join")
             if self.rooms[room].tenant != tenant:
                 raise OfferError(403, "wrong_tenant", f"room {room!r} belongs to another tenant")
+            if codec is not None and codec != self.rooms[room].codec:
+                raise OfferError(409, "codec_mismatch", f"room {room!r} streams {self.rooms[room].codec}; "
+                                                        "join it without a codec or with that one")
             return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
-        r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant)
+        r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant, codec=codec)
         try:
             return await self._answer(r, sdp, kind, viewer=False)
         except Exception:
@@ -361,7 +383,8 @@ class PeerHub:
         answer_sdp = _MAX_MSG_SDP.sub(f"a=max-message-size:{self.cfg.sctp_max_message_bytes}",
                                       pc.localDescription.sdp)
         return {"sdp": answer_sdp, "type": pc.localDescription.type,
-                "session": room.session.id, "room": room.id, "role": "viewer" if viewer else "player"}
+                "session": room.session.id, "room": room.id, "role": "viewer" if viewer else "player",
+                "codec": room.codec}
 
     async def _connect_deadline(self, room: Room, pc, viewer: bool) -> None:
         """Drop a peer that is not connected `connect_timeout_s` after its answer (no ICE candidates, killed
