@@ -84,3 +84,20 @@ def test_fallback_without_webcodecs_is_jpeg(player):
     p._on_msg(p, {"type": "fallback", "reason": "no WebRTC frames"}, [])
     wait_for(lambda: any(c["type"] == "jpeg" for c, _ in list(sent)))
     assert not any(c["type"] == "au" for c, _ in list(sent))
+
+
+def test_comm_ctl_goes_through_the_hubs_one_handler(player):
+    """The JPEG view's keys and prompts (`ctl` over the comm) take the same path as a data channel's: numbered
+    after the session's newest input, recorded by the observers' input hook; bad ones answered on the comm."""
+    p, sent = player
+    s = p.room.session
+    seen = []
+    p.hub.ctl.observers = (type("Spy", (), {"session_input": lambda self, *a: seen.append(a[1:3])})(),)
+    before = s._seq
+    p._on_msg(p, {"type": "ctl", "msg": {"type": "action", "keys": ["left"], "t": 0}}, [])
+    wait_for(lambda: s._keys == ("left",))
+    p._on_msg(p, {"type": "ctl", "msg": {"type": "prompt", "text": "a night in the city"}}, [])
+    wait_for(lambda: s.prompt == "a night in the city")
+    assert seen == [("action", before + 1), ("prompt", before + 2)]
+    p._on_msg(p, {"type": "ctl", "msg": {"type": "action", "keys": ["sideways"]}}, [])
+    assert any(c.get("type") == "error" and c.get("code") == "bad_field" for c, _ in list(sent))
