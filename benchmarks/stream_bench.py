@@ -74,7 +74,7 @@ def send_intervals(spans_path: str, t0_ns: int) -> dict:
     """p50/p95/p99 of the server's frame-to-frame send interval (ms), from the `send` spans of
     `serve --otel-jsonl` that ended after t0_ns: the stream's cadence as it leaves the server."""
     ends = sorted(s["end_ns"] for s in map(json.loads, open(spans_path)) if s["name"] == "send" and s["end_ns"] >= t0_ns)
-    return pcts(list(np.diff(ends) / 1e6))
+    return percentiles(list(np.diff(ends) / 1e6), (50, 95, 99))
 
 
 def webrtc_run(pw, model: str, seconds: float, fps: float = 30.0, extra=()) -> dict:

@@ -100,6 +100,11 @@ class SessionConfig:
     early_tick: bool = True
     early_tick_min_ms: float = 4.0
     early_tick_repay: float = 0.125
+    # Steady send (worldlab.transport.track): at fps_target >= steady_send_min_fps each new frame's packet is held
+    # until its tick's due instant + the p90 of recent (due -> encoded) lags, so the send cadence no longer
+    # inherits step + encode jitter (a few ms more than the last frame is a > 20 ms interval at 60 fps). Off
+    # below it: at 30 fps the early tick's latency gain matters more than the cadence.
+    steady_send_min_fps: float = 50.0
     # A tick waits for a step at most max(batch_timeout_s, batch_timeout_factor x the slowest of the last 30
     # steps) (3 frames at 30 fps): past it, the sessions in a batch are rebuilt from their recent frames and go
     # on alone on their own threads (a stall costs the others that wait once); a session alone waits for its

@@ -243,3 +243,16 @@ def test_with_early_ticks_off_a_key_waits_for_its_tick(clock, run):
     assert s.frame_id == 0
     advance_to(clock, s.next_due, sched)
     assert s.frame_id == 1 and s.slot.take()[1].queue_ms == pytest.approx(1000 * (1 / 30 - 0.010), abs=0.5)
+
+
+def test_a_frames_due_at_is_its_ticks_due_instant_not_when_it_ran(clock, run):
+    sched, model = run()
+    s = Session(1, "p")
+    sched.add(s)
+    due = s.next_due
+    advance_to(clock, due + 0.005, sched)  # the worker reaches the tick 5 ms late
+    assert s.slot.take()[1].due_at == due
+    clock.t += 0.010
+    s.set_action(["right"], seq=1)  # an early tick: due at the instant it was pulled to
+    until(lambda: s.frame_id == 1)
+    assert s.slot.take()[1].due_at == clock.t

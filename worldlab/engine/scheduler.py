@@ -314,6 +314,7 @@ class Scheduler:
     # -- one tick ------------------------------------------------------------------------------
     def _tick(self, due: list[Session]) -> None:
         tick_start = time.monotonic()
+        due_at = {s.id: s.next_due for s in due}  # before the advance below: the instant each tick was due
         inputs, settled = [], []
         for s in due:
             if (inflight := self._inflight.get(s.id)) is not None:  # its inputs wait (keys held, prompt pending)
@@ -339,7 +340,8 @@ class Scheduler:
             else:
                 frame, ms, (keys, seq, queue_ms, had_input) = late
             if frame is not None and s.fault is None:
-                self._deliver(s, frame, keys, FrameMeta(s.frame_id + 1, seq, done_at, ms, queue_ms), had_input)
+                meta = FrameMeta(s.frame_id + 1, seq, done_at, ms, queue_ms, due_at[s.id])
+                self._deliver(s, frame, keys, meta, had_input)
         for s in due:
             period = 1.0 / s.fps_target
             repay = min(s.ahead_s, self.early_repay * period)  # an early tick's lead, given back a little a frame

@@ -18,6 +18,7 @@ class FrameMeta:
     produced_at: float  # time.monotonic() when the model finished it
     model_ms: float
     queue_ms: float  # input arrival -> start of the tick that used it (0 when idle)
+    due_at: float | None = None  # time.monotonic() the scheduler's tick for it was due (None: not from a tick)
 
 
 class LatestFrameSlot:

@@ -314,6 +314,7 @@ class PeerHub:
                          on_frame=lambda fid, pts, meta, emit: self._on_frame(r, fid, pts),
                          frame_shape=tuple(self.model.frame_shape),
                          observers=self.observers if observers is None else observers, ladder=self.ladder,
+                         steady_send=r.session.fps_target >= self.cfg.steady_send_min_fps,
                          watermark=None if r.watermark_id is None else Embedder(r.watermark_id, self.cfg.watermark_key))
 
     def _record(self, room: Room) -> None:

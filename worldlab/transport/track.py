@@ -9,12 +9,14 @@ every spectator.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from worldlab.engine.metrics import percentile
 from worldlab.engine.session import Session
 from worldlab.telemetry import Sent, notify
 from worldlab.transport.encoder import RoomEncoder
@@ -23,6 +25,11 @@ from worldlab.transport.quality import LADDER, Ladder, upscale
 log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 LAND_EARLY_S = 0.002  # the pacing instant leads the model's expected landing by this: an early frame waits <= it
+# Steady send: a packet is held to its tick's due instant + this quantile of the recent (due -> encoded) lags.
+# p90, not the max: one slow step would otherwise delay every frame after it; the slower tenth goes at once
+# (late) and stays under a 20 ms interval at 60 fps. ~2 s of frames at 60 fps: follows a load change quickly.
+SEND_QUANTILE = 0.9
+LAG_WINDOW = 120
 
 
 class RoomTrack(MediaStreamTrack):
@@ -30,11 +37,12 @@ class RoomTrack(MediaStreamTrack):
 
     def __init__(self, session: Session, *, codec: str = "vp8", keyframe_interval_s: float = 0.75,
                  on_frame=None, frame_shape=(64, 64, 3), watermark=None, on_packet=None, observers=(),
-                 ladder: Ladder = LADDER):
+                 ladder: Ladder = LADDER, steady_send: bool = False):
         """watermark: callable (H, W, 3) uint8 -> uint8 applied to each upscaled frame before encoding
         (worldlab.security.watermark.Embedder for the session's id), or None. on_packet: callback(av.Packet)
         for every encoded packet (the triage buffer), or None. observers: worldlab.telemetry.Observer-s told
-        of every new model frame sent (`frame`). ladder: the quality rungs (the track starts on the top one)."""
+        of every new model frame sent (`frame`). ladder: the quality rungs (the track starts on the top one).
+        steady_send: hold each new frame's packet to a steady instant (`_hold`; SessionConfig.steady_send_min_fps)."""
         super().__init__()
         self.session = session
         self.encoder = RoomEncoder(codec, fps=session.fps_target, keyframe_interval_s=keyframe_interval_s)
@@ -55,6 +63,8 @@ class RoomTrack(MediaStreamTrack):
         self._last = None
         self._force_key = False
         self._sent_seq = -1  # newest input seq among the frames sent so far
+        self.steady_send = steady_send
+        self._lags: collections.deque = collections.deque(maxlen=LAG_WINDOW)  # (due -> encoded) seconds
 
     def set_rung(self, rung: str) -> None:
         """A rung name of the ladder, or low / high (its bottom / top)."""
@@ -84,6 +94,21 @@ class RoomTrack(MediaStreamTrack):
                 await asyncio.wait_for(self._landed.wait(), (self._next_at if now < self._next_at else deadline) - now)
             except TimeoutError:
                 pass
+
+    def _release_at(self, meta) -> float | None:
+        """The steady send instant of a new frame: its tick's due instant + the SEND_QUANTILE of the recent
+        (due -> encoded) lags (None: no hold, or no lag known yet)."""
+        if not self.steady_send or meta is None or meta.due_at is None or not self._lags:
+            return None
+        return meta.due_at + percentile(self._lags, SEND_QUANTILE * 100)
+
+    async def _hold(self, meta, release_at: float | None) -> None:
+        """Record this frame's lag, then wait until release_at; a packet already later than it goes at once."""
+        now = time.monotonic()
+        if meta is not None and meta.due_at is not None:
+            self._lags.append(now - meta.due_at)
+        if release_at is not None and release_at > now:
+            await asyncio.sleep(release_at - now)
 
     def _listen(self, loop) -> None:
         """Be woken by the model thread the moment a frame lands (no 1 ms polling per session)."""
@@ -127,14 +152,20 @@ class RoomTrack(MediaStreamTrack):
         if self.watermark is not None:
             big = self.watermark(big)  # after upscaling: the mark is laid out on the frame that is encoded
         emit = time.monotonic()
+        release_at = self._release_at(meta) if new else None  # from the lags before this frame's
         if self.sound is not None and new and meta is not None:
-            self.sound.shown(meta.frame_id, emit)  # its click and pitch start on the audio sample of this pts
-        pts = int((emit - self.session.origin) * VIDEO_CLOCK)  # real-time jitter lets the page lock the RTP origin
+            # Its click and pitch start where the video leaves: the steady instant when held, else this one.
+            self.sound.shown(meta.frame_id, emit if release_at is None else max(emit, release_at))
+        # pts stays the emit instant (not the steady one): its real-time jitter lets the page lock the RTP origin
+        # (a steady pts matches a period-shifted origin as well), and g2g is timed on the page, not from pts.
+        pts = int((emit - self.session.origin) * VIDEO_CLOCK)
         force, self._force_key = self._force_key, False
         t0 = time.monotonic()
         packet = await self._encode(big, pts, rung.bitrate, force)
         t1 = time.monotonic()
         self.session.metrics.add("encode_ms", (t1 - t0) * 1000)
+        if self.steady_send and new:
+            await self._hold(meta, release_at)
         self.session.metrics.event("bytes", packet.size)
         if self.on_packet is not None:
             self.on_packet(packet)
