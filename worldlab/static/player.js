@@ -800,7 +800,7 @@ export class Player {
       `${this.state}  ${f(st.fps_actual, 1)} fps`,
       `g2g ${f(st.g2g_ms)} ms (p95 ${f(st.g2g_ms_p95)})  rtt ${f(st.rtt_ms)} ms`,
       `drop ${f(this.server.drop_pct, 1)} %  ${st.width ?? "?"}x${st.height ?? "?"} ${this.server.rung ?? ""}`,
-      `model ${f(this.server.model_ms, 1)} ms  ${f(this.server.bitrate_kbps)} kbps`,
+      `model ${f(this.server.model_ms, 1)} ms  ${f(this.server.bitrate_kbps)} kbps ${(st.codec ?? "").toUpperCase()}`,
     ];
     if (!this.painter) this.painter = overlayPainter(c); // the canvas can be transferred only once
     this.painter.paint(lines);
