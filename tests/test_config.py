@@ -72,8 +72,8 @@ def test_out_of_range_values_from_the_file_name_the_field(tmp_path):
     path.write_text("fps_target: 500\n")
     with pytest.raises(ValueError, match=r"^fps_target must be in \[1, 120\], got 500"):
         check_args(serve_args("--config", str(path)))
-    path.write_text("codec: av1\n")
-    with pytest.raises(ValueError, match=r"codec must be one of \('vp8', 'h264'\), got 'av1'"):
+    path.write_text("codec: theora\n")
+    with pytest.raises(ValueError, match=r"codec must be one of \('vp8', 'h264', 'av1'\), got 'theora'"):
         check_args(serve_args("--config", str(path)))
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, asdict, fields
 
 
 CHECKPOINT_DIR = pathlib.Path(__file__).resolve().parent / "checkpoints"  # the shipped checkpoints
-CODECS = ("vp8", "h264")
-WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")  # --host values that mean "every interface"  # video codecs a session may use (worldlab serve --codec)
+CODECS = ("vp8", "h264", "av1")  # video codecs a session may use (serve --codec, the page's ?codec= and menu)
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")  # --host values that mean "every interface"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ class Clock:
         return self.t
 
 
-def clip(n=60, scale=2):
+def clip(n=60, scale=2, codec="vp8"):
     actions = env.random_actions(n - 1, 3)
     frames = env.rollout(3, "forest", actions)
-    enc = RoomEncoder("vp8", fps=30)
+    enc = RoomEncoder(codec, fps=30)
     out = []
     for i, f in enumerate(frames):
         big = f.repeat(scale, 0).repeat(scale, 1)
@@ -39,10 +39,11 @@ def key(tmp_path):
     return rb.load_server_key(tmp_path / "triage.key")
 
 
-def test_round_trip_seal_open_export(tmp_path, key):
+@pytest.mark.parametrize("codec", ["vp8", "h264", "av1"])
+def test_round_trip_seal_open_export(tmp_path, key, codec):
     clock = Clock()
-    buf = rb.TriageBuffer("s-test", key, seconds=30, clock=clock)
-    packets, actions = clip()
+    buf = rb.TriageBuffer("s-test", key, codec=codec, seconds=30, clock=clock)
+    packets, actions = clip(codec=codec)
     for i, (data, pts, kf) in enumerate(packets):
         clock.t = i / 30
         buf.add_frame(data, pts, kf)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 FORMAT = "worldlab-triage-1"
 KEY_FILE = "triage.key"
-DECODERS = {"vp8": "vp8", "h264": "h264"}
+DECODERS = {"vp8": "vp8", "h264": "h264", "av1": "libdav1d"}  # one per worldlab.config.CODECS
 KEY_BYTES = 32
 
 
@@ -206,12 +206,15 @@ def export(opened: Opened, out_dir: pathlib.Path, size: int = 256) -> tuple[path
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
         t0, last = opened.frames[first][0], -1
-        for t, _pts, _key, data in opened.frames[first:]:
-            for frame in dec.decode(av.Packet(data)):
-                out = frame.reformat(width=size, height=size, format="yuv420p")
-                last = out.pts = max(last + 1, round((t - t0) * fps))  # wall-clock timing, strictly increasing
-                for pkt in stream.encode(out):
-                    mp4.mux(pkt)
+        times = [t for t, _pts, _key, _data in opened.frames[first:]]
+        # decode(None) flushes: a decoder with a frame of delay (libdav1d) still gives up its last pictures.
+        packets = [av.Packet(data) for _t, _pts, _key, data in opened.frames[first:]] + [None]
+        decoded = (frame for packet in packets for frame in dec.decode(packet))
+        for t, frame in zip(times, decoded):
+            out = frame.reformat(width=size, height=size, format="yuv420p")
+            last = out.pts = max(last + 1, round((t - t0) * fps))  # wall-clock timing, strictly increasing
+            for pkt in stream.encode(out):
+                mp4.mux(pkt)
         for pkt in stream.encode():
             mp4.mux(pkt)
     with open(log, "w") as f:

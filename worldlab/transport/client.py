@@ -8,6 +8,10 @@ import json
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from worldlab.transport import av1
+
+av1.register()  # so a Python client can receive an AV1 room too
+
 
 class PeerClient:
     """keep_frames=False only counts frames (no decode to arrays): cheap enough for many clients. audio=True

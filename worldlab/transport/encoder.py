@@ -1,4 +1,4 @@
-"""One encoder per room (VP8 default, H.264 option): the player and every spectator get the same packets.
+"""One encoder per room (VP8 default, H.264 and AV1 options): the player and every spectator get the same packets.
 
 Encoding here rather than inside each aiortc sender gives one encode for many viewers (MediaRelay then
 forwards packets), a fixed keyframe interval, bitrate presets, and a direct encode_ms measurement.
@@ -7,11 +7,12 @@ forwards packets), a fixed keyframe interval, bitrate presets, and a direct enco
 from __future__ import annotations
 
 import fractions
+import os
 
 import av
 import numpy as np
 
-CODECS = {"vp8": "libvpx", "h264": "libx264"}
+CODECS = {"vp8": "libvpx", "h264": "libx264", "av1": "libsvtav1"}
 TIME_BASE = fractions.Fraction(1, 90_000)
 
 
@@ -31,6 +32,8 @@ class RoomEncoder:
         self.keyframes = 0
 
     def _open(self, width: int, height: int, bitrate: int) -> None:
+        if self.codec_name == "av1":
+            os.environ.setdefault("SVT_LOG", "2")  # SVT-AV1 prints ~10 info lines per open; warnings and errors stay
         ctx = av.CodecContext.create(CODECS[self.codec_name], "w")
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         ctx.bit_rate = bitrate
@@ -42,6 +45,10 @@ class RoomEncoder:
             ctx.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0",
                            "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate)}
             ctx.qmin, ctx.qmax = 2, 56
+        elif self.codec_name == "av1":
+            # SVT-AV1's real-time mode: fastest preset, low-delay prediction (no lookahead, no reordering: a
+            # packet for every frame at once), CBR (rc=2, the only rate control low delay allows), one thread.
+            ctx.options = {"preset": "12", "svtav1-params": "rtc=1:rc=2:lp=1:lookahead=0"}
         else:
             ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"}
         ctx.thread_count = 1  # one core stays free for the model worker

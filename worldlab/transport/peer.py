@@ -40,7 +40,7 @@ from worldlab.security import safety
 from worldlab.security.ringbuffer import TriageStore
 from worldlab.security.watermark import Embedder, format_id
 from worldlab.telemetry import notify
-from worldlab.transport import protocol, websocket
+from worldlab.transport import av1, protocol, websocket
 from worldlab.transport.audio import RoomAudioTrack
 from worldlab.transport.caps import CostControls
 from worldlab.transport.consent import tighten_consent
@@ -51,8 +51,9 @@ from worldlab.transport.rooms import OfferError, Room, RoomRegistry
 from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
 
 log = logging.getLogger(__name__)
+av1.register()  # aiortc has no AV1: our payloader, depayloader and codec entry (worldlab.transport.av1)
 enable_zero_playout_delay()  # every video packet asks the browser to render it at once (no jitter-buffer hold)
-MIME = {"vp8": "video/VP8", "h264": "video/H264"}  # worldlab.config.CODECS -> the RTP codec it negotiates
+MIME = {"vp8": "video/VP8", "h264": "video/H264", "av1": av1.MIME}  # worldlab.config.CODECS -> the RTP codec it negotiates
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
 
 
