@@ -101,3 +101,23 @@ async def test_av1_is_negotiated_and_decoded_when_asked_for(hub):
         assert client.frames[-1].shape[0] >= 128 and hub.rooms["a1"].stats()["codec"] == "av1"
     finally:
         await client.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_default_the_browser_cannot_decode_falls_back_instead_of_failing():
+    """`serve --codec av1` and a browser without AV1 (its offer lacks it) that names no codec: H.264, not an
+    unnegotiable answer. A browser that offers AV1 gets the default."""
+    model = EnvOracle(seed=2)
+    sched = Scheduler(model).start()
+    hub = PeerHub(model, sched, fps=30.0, codec="av1")
+    plain, av1_ok = PeerClient(), PeerClient()
+    try:
+        ans = await plain.accept(await hub.offer(_without(await plain.offer_sdp(), "AV1"), "offer"))
+        assert ans["codec"] == "h264" and _video_codecs(ans["sdp"]) == {"H264"}
+        ans = await av1_ok.connect(hub)
+        assert ans["codec"] == "av1"
+    finally:
+        await plain.close()
+        await av1_ok.close()
+        await hub.close()
+        sched.stop()

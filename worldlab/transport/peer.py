@@ -57,16 +57,33 @@ MIME = {"vp8": "video/VP8", "h264": "video/H264", "av1": av1.MIME}  # worldlab.c
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
 
 
+def _offered(sdp: str) -> set[str] | None:
+    """The codecs of MIME that the offer's video section lists (None: the offer has no video section)."""
+    video = re.search(r"^m=video .*?(?=^m=|\Z)", sdp, re.MULTILINE | re.DOTALL)
+    if video is None:
+        return None
+    names = {n.upper() for n in _RTPMAP.findall(video.group(0))}
+    return {c for c, mime in MIME.items() if mime.split("/")[1].upper() in names}
+
+
 def _check_offered(sdp: str, codec: str) -> None:
     """A codec the page asked for must be in its offer's video section (a browser that cannot decode AV1 does
     not offer it): else 400 codec_not_offered, not a negotiation that silently picks another codec."""
-    video = re.search(r"^m=video .*?(?=^m=|\Z)", sdp, re.MULTILINE | re.DOTALL)
-    if video is None:
-        return  # no video section at all: negotiation refuses it as bad_sdp
-    name = MIME[codec].split("/")[1].upper()
-    if name not in {n.upper() for n in _RTPMAP.findall(video.group(0))}:
+    offered = _offered(sdp)
+    if offered is not None and codec not in offered:  # no video section at all: negotiation says bad_sdp
+        name = MIME[codec].split("/")[1]
         raise OfferError(400, "codec_not_offered", f"the browser's offer has no {name}, so it cannot decode it; "
                                                    "choose a codec it offers")
+
+
+def _default_for(sdp: str, default: str) -> str:
+    """The server's default codec for an offer that names none, unless the browser cannot decode it (e.g.
+    `serve --codec av1` and a browser without AV1): then H.264, then VP8, whichever it offers. An offer with
+    none of them keeps the default, and negotiation refuses it as bad_sdp."""
+    offered = _offered(sdp)
+    if offered is None or default in offered:
+        return default
+    return next((c for c in ("h264", "vp8") if c in offered), default)
 
 
 # -- ICE bind address --------------------------------------------------------------------------------
@@ -259,7 +276,8 @@ class PeerHub:
                 raise OfferError(409, "codec_mismatch", f"room {room!r} streams {self.rooms[room].codec}; "
                                                         "join it without a codec or with that one")
             return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
-        r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant, codec=codec)
+        r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant,
+                                   codec=codec or _default_for(sdp, self.codec))
         try:
             return await self._answer(r, sdp, kind, viewer=False)
         except Exception:
