@@ -282,10 +282,28 @@ class ModelConfig:
     # learns to carry position and velocity through gaps the pillar alone never makes (<= 4 frames).
     hide_objects: float = 0.0
     hide_frames: tuple = (5, 14)
+    # Fourier box coordinates: sin/cos of every box coordinate over these periods (px), projected and added
+    # to the learned coordinate embeddings, so a shift of a position is a rotation of its features. () = off.
+    coord_fourier: tuple = ()
+    # Relative age in what attention reads: in every head the last 2 * len(value_age_periods) value channels
+    # are rotated by the key frame's clock (one angle 2 pi f / P per period P) and the attention output by
+    # minus the query frame's clock, so a head reading a frame `age` frames back reads its value rotated by
+    # -2 pi age / P (a readout of the age, and of a position feature shifted by a velocity x age). Sink
+    # frames' rotated channels are zero (their ALiBi age is clamped). () = off.
+    value_age_periods: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "clock_periods", tuple(self.clock_periods))  # JSON round-trips give lists
         object.__setattr__(self, "hide_frames", tuple(self.hide_frames))
+        object.__setattr__(self, "coord_fourier", tuple(self.coord_fourier))
+        object.__setattr__(self, "value_age_periods", tuple(self.value_age_periods))
+        if 2 * len(self.value_age_periods) > self.d_model // self.n_heads:
+            raise ValueError(f"value_age_periods needs 2 channels per period per head; head_dim is "
+                             f"{self.d_model // self.n_heads}, got {len(self.value_age_periods)} periods")
+        for name in ("coord_fourier", "value_age_periods"):
+            bad = [p for p in getattr(self, name) if isinstance(p, bool) or not isinstance(p, int) or p < 1]
+            if bad:
+                raise ValueError(f"{name} must be positive integer periods, got {bad[0]!r}")
 
     @property
     def tokens_per_frame(self) -> int:

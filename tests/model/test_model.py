@@ -26,11 +26,28 @@ def test_protocol_is_implemented(micro_ckpt):
     assert isinstance(load_model(micro_ckpt[0]), WorldModel)
 
 
+@pytest.fixture(scope="session")
+def micro_age_ckpt(tmp_path_factory):
+    """A micro model with Fourier coordinates and value-age rotation on (a few steps: only the paths matter)."""
+    import dataclasses
+
+    from worldlab.train import train
+
+    torch.set_num_threads(2)
+    cfg = dataclasses.replace(preset("micro"), coord_fourier=(64, 16, 4), value_age_periods=(64, 16, 8, 4),
+                              hide_objects=0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "micro_age.safetensors"
+    summary = train(cfg, path, progress=False, log_every=1, steps=40)
+    return path, summary
+
+
 @pytest.mark.parametrize("window", ["short", "long"])
-def test_streaming_steps_match_the_parallel_training_pass(micro_ckpt, window):
-    # The cache path (append + attend with ALiBi ages, ring eviction) must compute exactly what training
-    # computed; 24 frames make the long window's ring wrap too.
-    m = load_model(micro_ckpt[0], window=window)
+@pytest.mark.parametrize("ckpt", ["micro_ckpt", "micro_age_ckpt"])
+def test_streaming_steps_match_the_parallel_training_pass(request, ckpt, window):
+    # The cache path (append + attend with ALiBi ages, ring eviction; with value-age rotation, values turned
+    # by the key's clock and outputs by minus the query's) must compute exactly what training computed;
+    # 24 frames make the long window's ring wrap too.
+    m = load_model(request.getfixturevalue(ckpt)[0], window=window)
     acts = env.random_actions(23, seed=11)
     frames = env.rollout(11, "snow", acts)  # 24 frames
     obs = m.net.codec.tokenize(torch.from_numpy(frames))  # (24, 3, 4)
@@ -142,3 +159,50 @@ def test_saving_the_same_model_writes_the_same_bytes(tmp_path, micro_ckpt):
     again = load_model(tmp_path / "again0.safetensors")  # and the single-key layout loads back
     assert again.cfg == net.cfg
     assert ckpt.load(tmp_path / "again0.safetensors")[2] == {"steps": 3, "seed": 0}
+
+
+@pytest.mark.parametrize("kv", ["none", "fp8", "nvfp4"])
+def test_value_age_rotation_rebuild_matches_the_streamed_cache(micro_age_ckpt, kv):
+    # Streamed frames (the ring wrapped) and a parallel rebuild (prefill / recache) store the same rotated
+    # values, whatever the KV storage; the sink frame's rotated channels are zero in both. Layer 0 only:
+    # a deeper layer's K/V of an old frame were streamed while evicted frames were still visible to it.
+    m = load_model(micro_age_ckpt[0], window="short", kv=kv)
+    assert m.cfg.value_age_periods and m.cfg.coord_fourier
+    s = start_session(m, "forest", seed=3)
+    for i in range(20):
+        m.step([s], [env.ACTION_KEYS[i % 9]])
+    streamed = [(c.decoded("k").clone(), c.decoded("v").clone(), c.frame_ids()) for c in s.caches]
+    m.recache(s, "a forest path")  # same theme: the rebuild must reproduce the streamed cache
+    n = 2 * len(m.cfg.value_age_periods)
+    tol = 1e-4 if kv == "none" else 0.2
+    for layer, ((k0, v0, ids0), c) in enumerate(zip(streamed, s.caches)):
+        assert c.frame_ids() == ids0
+        assert torch.all(c.decoded("v")[:, :, c.slot_for(0), :, -n:] == 0)
+        assert torch.all(v0[:, :, c.slot_for(0), :, -n:] == 0)
+        if layer == 0:
+            assert (k0 - c.decoded("k")).abs().max() <= tol * max(1.0, k0.abs().max())
+            assert (v0 - c.decoded("v")).abs().max() <= tol * max(1.0, v0.abs().max())
+    got = m.step([s], [["up"]])  # and it keeps stepping
+    assert got.shape == (1, 64, 64, 3)
+
+
+def test_value_age_and_fourier_fields_default_off_and_old_checkpoints_load(micro_ckpt):
+    from worldlab.config import ModelConfig
+    from worldlab.model.transformer import WorldTransformer, age_angles, rotate_tail
+
+    cfg = preset("tiny")
+    assert cfg.coord_fourier == () and cfg.value_age_periods == ()
+    assert set(WorldTransformer(cfg).state_dict()) == set(WorldTransformer(ModelConfig()).state_dict())
+    m = load_model(micro_ckpt[0])  # written without the fields: loads, no rotation, no Fourier projection
+    assert m.net.age_rotation(torch.zeros(1, 2, dtype=torch.long), torch.arange(2)) is None
+    assert not hasattr(m.net, "coord_proj")
+    # Un-rotating by the query clock leaves exactly the relative age, for any absolute frame id.
+    periods = torch.tensor([64, 8, 4])
+    v = torch.randn(5, 10)
+    for q, k in ((9, 3), (1_000_003, 999_997)):
+        ck, sk = age_angles(torch.tensor(k), periods)
+        cq, sq = age_angles(torch.tensor(q), periods)
+        ca, sa = age_angles(torch.tensor(q - k), periods)
+        assert torch.allclose(rotate_tail(rotate_tail(v, ck, sk), cq, -sq), rotate_tail(v, ca, -sa), atol=1e-5)
+    with pytest.raises(ValueError, match="value_age_periods"):
+        ModelConfig(d_model=64, n_heads=4, value_age_periods=tuple(range(1, 10)))

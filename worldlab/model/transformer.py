@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from worldlab.config import ModelConfig
 from worldlab.kernels.kv_cache import alibi_ages
-from worldlab.model.sprites import N_SPRITES, SpriteCodec
+from worldlab.model.sprites import ABSENT, N_SPRITES, SpriteCodec
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -46,6 +46,24 @@ def clock_features(frame_ids: torch.Tensor, rates: torch.Tensor) -> torch.Tensor
     return torch.cat([ang.sin(), ang.cos()], -1)
 
 
+def age_angles(frame_ids: torch.Tensor, periods: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(...) int frame ids -> cos, sin (..., n) of the angle 2 pi (f mod P) / P for each period P.
+
+    The ids are reduced modulo each period in integers first, so the angle stays exact however long the
+    stream runs, and R(-angle(q)) R(angle(k)) = R(-2 pi (q - k) / P) up to fp32 rounding."""
+    f = frame_ids.to(torch.int64)[..., None]
+    ang = (f % periods).to(torch.float32) * (2 * math.pi / periods.to(torch.float32))
+    return ang.cos(), ang.sin()
+
+
+def rotate_tail(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the last 2n channels of x (..., D) as n planes (channel D-2n+i with D-n+i) by the angles
+    whose cos/sin (..., n) broadcast against x[..., :n]; the other channels pass unchanged."""
+    n = cos.shape[-1]
+    a, b = x[..., -2 * n:-n], x[..., -n:]
+    return torch.cat([x[..., :-2 * n], a * cos - b * sin, a * sin + b * cos], -1)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -70,11 +88,28 @@ class Block(nn.Module):
         x = x + self.proj(attn.transpose(1, 2).reshape(B, N, H * Dh))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
-    def forward_seq(self, x: torch.Tensor, bias: torch.Tensor):
-        """Parallel pass over whole sequences; x (B, F*T, d), bias (H, F*T, F*T). Returns x, k, v."""
+    def forward_seq(self, x: torch.Tensor, bias: torch.Tensor, rot=None):
+        """Parallel pass over whole sequences; x (B, F*T, d), bias (H, F*T, F*T). Returns x, k, v (v as
+        cached: with value-age rotation on, rotated by the key frame's clock).
+
+        rot: None, or (cos, sin, keep) of each token's frame clock, (B, 1, F*T, n) and keep (B, 1, F*T, 1)
+        (0 for sink frames): values are rotated by their frame's clock, outputs by minus the query's."""
         q, k, v = self.split_qkv(x)
+        if rot is not None:
+            cos, sin, keep = rot
+            v = age_values(v, cos, sin, keep)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None])
+        if rot is not None:
+            attn = rotate_tail(attn, cos, -sin)
         return self.finish(x, attn), k, v
+
+
+def age_values(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """v (..., D) as the cache stores it: the last 2n channels rotated by the key frame's clock and zeroed
+    (keep = 0) for sink frames."""
+    n = cos.shape[-1]
+    r = rotate_tail(v, cos, sin)
+    return torch.cat([r[..., :-2 * n], r[..., -2 * n:] * keep], -1)
 
 
 class WorldTransformer(nn.Module):
@@ -93,13 +128,35 @@ class WorldTransformer(nn.Module):
         self.head = nn.Linear(d, 2 * P)  # logits of the sprite's next x and y (top-left corner)
         self.register_buffer("slopes", alibi_slopes(cfg.n_heads), persistent=False)
         self.register_buffer("clock_rates", clock_rates(cfg.clock_periods), persistent=False)
+        if cfg.coord_fourier:  # Fourier box coordinates (off by default: no parameter, old checkpoints load)
+            self.register_buffer("coord_rates", clock_rates(cfg.coord_fourier), persistent=False)
+            self.coord_proj = nn.Linear(4 * 2 * len(cfg.coord_fourier), d, bias=False)
+        if cfg.value_age_periods:
+            self.register_buffer("age_periods", torch.tensor(cfg.value_age_periods, dtype=torch.int64),
+                                 persistent=False)
 
     def embed(self, obs: torch.Tensor, actions: torch.Tensor, themes: torch.Tensor,
               frame_ids: torch.Tensor) -> torch.Tensor:
         """obs (B, F, 3, 4) boxes, actions/themes (B, F), frame_ids (B, F) -> tokens (B, F, 3, d)."""
         x = sum(emb(obs[..., j]) for j, emb in enumerate(self.coords)) + self.sprite  # (B, F, 3, d)
+        if self.cfg.coord_fourier:
+            ang = obs.to(torch.float32)[..., None] * self.coord_rates  # (B, F, 3, 4, n)
+            feats = torch.cat([ang.sin(), ang.cos()], -1) * (obs != ABSENT)[..., None]  # ABSENT: no features
+            x = x + self.coord_proj(feats.flatten(-2))
         ctx = self.action(actions) + self.theme(themes) + self.clock(clock_features(frame_ids, self.clock_rates))
         return x + ctx[:, :, None, :]
+
+    def age_rotation(self, clock_ids: torch.Tensor, frame_ids: torch.Tensor):
+        """clock ids (B, F) and frame ids (F,) or (B, F) -> (cos, sin (B, 1, F*T, n), keep (B, 1, F*T, 1)) for
+        Block.forward_seq, or None with value-age rotation off. Sink frames (id < the trained sink) keep
+        nothing in the rotated channels."""
+        if not self.cfg.value_age_periods:
+            return None
+        T = N_SPRITES
+        cos, sin = age_angles(clock_ids, self.age_periods)  # (B, F, n)
+        keep = (frame_ids >= self.cfg.sink).to(torch.float32).expand(clock_ids.shape)[..., None]  # (B, F, 1)
+        rep = lambda t: t.repeat_interleave(T, 1)[:, None]  # (B, F, n) -> (B, 1, F*T, n)
+        return rep(cos), rep(sin), rep(keep)
 
     def heads(self, h: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., 2, P) logits over next x and next y."""
@@ -118,9 +175,10 @@ class WorldTransformer(nn.Module):
         bias = fb.repeat_interleave(T, 1).repeat_interleave(T, 2)  # (H, F*T, F*T)
         clock_ids = ids[None].expand(B, Fr) + (0 if phase is None else phase[:, None])
         x = self.embed(obs, actions, themes, clock_ids).reshape(B, Fr * T, -1)
+        rot = self.age_rotation(clock_ids, ids)
         kvs = []
         for blk in self.blocks:
-            x, k, v = blk.forward_seq(x, bias)
+            x, k, v = blk.forward_seq(x, bias, rot)
             kvs.append((k, v))
         out = self.heads(x.view(B, Fr, T, -1))
         return (out, kvs) if return_kv else out

@@ -17,7 +17,7 @@ from worldlab import env
 from worldlab.config import ModelConfig, Toggles
 from worldlab.kernels.kv_cache import KINDS, make_kv_cache
 from worldlab.model import cuda_graphs
-from worldlab.model.transformer import WorldTransformer
+from worldlab.model.transformer import WorldTransformer, age_values, rotate_tail
 
 
 @dataclass
@@ -200,12 +200,18 @@ class TransformerWorldModel:
         no checks in here (step validated everything), so CUDA can record it once and replay it."""
         net = self.net
         x = net.embed(inputs[:, None], act[:, None], themes[:, None], ids[:, None])[:, 0]  # (B, 3, d)
+        rot = net.age_rotation(ids[:, None], ids[:, None])  # cos, sin, keep (B, 1, 3, .) or None
         for layer, blk in enumerate(net.blocks):
             q, k, v = blk.split_qkv(x)  # each (B, H, 3, Dh)
+            if rot is not None:  # the cache holds values rotated by their frame's clock (as forward_seq's)
+                v = age_values(v, *rot)
             outs = []
             for i, s in enumerate(states):
                 cache = s.caches[layer]
                 cache.write_at(k[i:i + 1], v[i:i + 1], slots[i:i + 1], ids[i:i + 1])
                 outs.append(cache.attend_at(q[i:i + 1], ids[i:i + 1], net.slopes))
-            x = blk.finish(x, torch.cat(outs))
+            attn = torch.cat(outs)
+            if rot is not None:  # un-rotate by the query frame's clock: each value read is turned by -age
+                attn = rotate_tail(attn, rot[0], -rot[1])
+            x = blk.finish(x, attn)
         return net.heads(x)
