@@ -46,10 +46,14 @@ def gap_shares(model, seeds=range(20), after=AFTER, start="reset") -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoint", nargs="?")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the shipped tiny)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="(the output is always one JSON line)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {w: gap_shares(load_model(args.checkpoint, window=w)) for w in ("short", "long")}
-    print(json.dumps(out))
+    try:
+        models = {w: load_model(args.checkpoint, window=w) for w in ("short", "long")}
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"open_gap: {exc}") from None
+    print(json.dumps({w: gap_shares(m) for w, m in models.items()}))
