@@ -34,6 +34,7 @@ async def post(client, body, content_type="application/json"):
     ({"sdp": "v=0\r\n", "type": "offer", "role": "admin"}, "application/json", 400, "bad_field"),
     ({"sdp": "v=0\r\n", "type": "offer", "preset": "ultra"}, "application/json", 400, "bad_field"),
     ({"sdp": "v=0\r\n", "type": "offer", "codec": "theora"}, "application/json", 400, "bad_codec"),
+    ({"sdp": "v=0\r\n", "type": "offer", "codec": ["av1"]}, "application/json", 400, "bad_codec"),
     ({"sdp": "v=0\r\n", "type": "offer", "prompt": "   "}, "application/json", 400, "bad_field"),
     ({"sdp": "v=0\r\n", "type": "offer", "room": "nobody", "role": "viewer"}, "application/json", 404, "unknown_room"),
     ({"sdp": "v=0\r\nthis is not sdp", "type": "offer"}, "application/json", 400, "bad_sdp"),

@@ -25,7 +25,7 @@ import aiohttp.web_response
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from worldlab.config import CODECS, SessionConfig
+from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler
 from worldlab.security.ratelimit import TokenBucket
 from worldlab.security.tokens import Keyring, TokenError
@@ -268,11 +268,8 @@ async def offer(request):
         preset = body.get("preset", "auto")
         if preset not in protocol.QUALITY:
             raise OfferError(400, "bad_field", f"field 'preset' must be one of {protocol.QUALITY}")
-        codec = body.get("codec")  # None: the server's default (serve --codec)
-        if codec is not None and codec not in CODECS:
-            raise OfferError(400, "bad_codec", f"field 'codec' must be one of {CODECS}, got {codec!r}")
         answer = await request.app[HUB].offer(sdp, "offer", room=room, prompt=prompt, role=role, quality=preset,
-                                              tenant=tenant, codec=codec)
+                                              tenant=tenant, codec=body.get("codec"))  # PeerHub checks it
     except TokenError as exc:
         return token_error(exc)
     except OfferError as exc:

@@ -258,7 +258,7 @@ class PeerHub:
         codec: the video codec the caller asked for (one of MIME; None: the hub's default); a joining peer
         gets the room's, and asking for another is 409 codec_mismatch."""
         if codec is not None:
-            if codec not in MIME:
+            if not isinstance(codec, str) or codec not in MIME:  # a JSON list or number is a bad codec too
                 raise OfferError(400, "bad_codec", f"codec must be one of {tuple(MIME)}, got {codec!r}")
             _check_offered(sdp, codec)
         if self.closed:

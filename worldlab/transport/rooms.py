@@ -45,7 +45,7 @@ class Room:
     rate_drops: int = 0  # data-channel messages dropped by the rate limits
     audio: object = None  # its RoomAudioTrack (worldlab.transport.audio); None with SessionConfig.audio off
     socket: bool = False  # streamed over a WebSocket (worldlab.transport.websocket), not WebRTC
-    codec: str = "vp8"  # the video codec of its WebRTC stream (one of worldlab.config.CODECS)
+    codec: str = "vp8"  # its video codec (one of worldlab.config.CODECS; h264 for a WebSocket room)
 
     @property
     def model(self):
@@ -85,7 +85,7 @@ class Room:
                     "drop_pct": drop_pct, "bitrate_kbps": m.rate("bytes") * 8 / 1000,
                     "kv_bytes": self.model.kv_bytes(s.state), "relay_pct": ice.relay_pct(self.pcs),
                     "rung": self.track.rung, "quality": self.quality, "viewers": self.viewers,
-                    "codec": "h264" if self.socket else self.codec,
+                    "codec": self.codec,
                     "frame_id": s.frame_id, "session": s.id, "room": self.id})
         if self.audio is not None:
             out.update(s.sound.counts())
