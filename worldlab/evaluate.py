@@ -8,11 +8,10 @@ PSNR figures are *pooled*: the PSNR of the mean squared error over every frame a
 the mean of per-frame PSNRs (which a few exact frames inflate without bound). An exact result has no
 finite PSNR and JSON carries no infinity, so pooled figures are capped at PSNR_CAP.
 
-Hidden-object run (`occlusion_run`): behind the pillar alone (7 columns) a 4-px object moving at >= 1 px
-per frame is fully hidden for at most 4 frames, so a 6-frame window still holds the frames where it went
-in and the test says nothing about memory. In the scripted run the agent stands just right of the pillar
-and tracks the object vertically, so the object stays fully hidden for 9 frames (t = 10..18): longer than
-the short window (6), shorter than the long one (16). The re-emergence frames (t = 19..22) are scored.
+Hidden-object run (`occlusion_run`): an object crosses the pillar (7 columns) at 1 px a frame: fully
+hidden for 4 frames (t = 10..13), with its last visible edge 4 frames before it comes back. The short
+window (4 frames) no longer holds any frame that saw it when it must re-emerge; the long one (16) does.
+The re-emergence frames (t = 14..17: position and velocity) are scored.
 """
 
 from __future__ import annotations
@@ -170,48 +169,45 @@ def switch_run(model, seed: int, theme: str) -> dict:
 
 # -- hidden-object run ---------------------------------------------------------------------------------
 OCC_LAST = 24  # the run ends at frame 24 (frames 0..7 prefilled, 8..24 generated)
-OCC_TRACK = range(14, 19)  # frames produced while the agent holds the tracking key
-OCC_HIDDEN = range(10, 19)  # frames where object 0 is fully hidden (pillar, then agent)
-OCC_SCORED = range(19, 23)  # re-emergence frames scored by occlusion_psnr
-OCC_AGENT_X = env.OCCLUDER_X[1] - 1  # the agent overlaps the pillar's last column: no gap between the covers
+OCC_HIDDEN = range(10, 14)  # frames where object 0 is fully hidden behind the pillar
+OCC_SCORED = range(14, 18)  # re-emergence frames scored by occlusion_psnr
+OCC_AGENT = (58, 0)  # the agent idles in a corner nothing passes
 OCC_THEMES = ("forest", "night")
 
 
 @dataclass(frozen=True)
 class Occlusion:
-    """One scripted variant: object 0 moves at (+1, vy) from `start`; the agent holds `key` (same speed as
-    the object's |vy|, env.STEP_PX = 2) to keep its top row one above the object's; object 1 stays far away."""
+    """One scripted variant: object 0 crosses the pillar at (vx, vy), |vx| = 1, from `start`; object 1 and
+    the agent stay away from it and from the pillar."""
 
     name: str
     start: tuple[int, int]
-    vy: int
-    key: str
+    velocity: tuple[int, int]
     other: tuple[int, int]
     other_velocity: tuple[int, int]
 
     def object_at(self, t: int) -> tuple[int, int]:
-        return self.start[0] + t, self.start[1] + self.vy * t
-
-    def agent_start(self) -> tuple[int, int]:
-        """Agent (x, y) at frame 0, from the object's path: one row above it on the first tracking frame."""
-        first = OCC_TRACK[0]
-        y = self.object_at(first)[1] - 1 - env.STEP_PX * env.action_delta([self.key])[1]
-        return OCC_AGENT_X, y
+        return self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t
 
     def actions(self) -> list[tuple[str, ...]]:
-        """actions[i] produces frame i + 1."""
-        return [(self.key,) if t in OCC_TRACK else () for t in range(1, OCC_LAST + 1)]
+        """actions[i] produces frame i + 1 (no keys: the agent idles)."""
+        return [()] * OCC_LAST
 
     def world(self, theme: str) -> env.World:
         w = env.World(0, theme)
-        w.place(self.agent_start(), [self.start, self.other], [(1, self.vy), self.other_velocity])
+        w.place(OCC_AGENT, [self.start, self.other], [self.velocity, self.other_velocity])
         return w
 
 
-OCCLUSION_VARIANTS = (
-    Occlusion("down", start=(30, 4), vy=2, key="down", other=(2, 58), other_velocity=(1, -1)),
-    Occlusion("up", start=(30, 56), vy=-2, key="up", other=(2, 2), other_velocity=(1, 1)),  # vertical mirror
-)
+def _variant(vx: int, vy: int) -> Occlusion:
+    # Rightwards from x 30 / leftwards from x 53: fully behind columns 40..46 at t = 10..13 either way.
+    x = 30 if vx > 0 else 53
+    y = 4 if vy == 2 else 14 if vy == 1 else 46 if vy == -1 else 56  # no wall within OCC_LAST frames
+    other, other_v = ((2, 58), (1, -1)) if vy > 0 else ((2, 2), (1, 1))  # the opposite corner
+    return Occlusion(f"{'right' if vx > 0 else 'left'}{vy:+d}", (x, y), (vx, vy), other, other_v)
+
+
+OCCLUSION_VARIANTS = tuple(_variant(vx, vy) for vx in (1, -1) for vy in (2, 1, -1, -2))
 
 
 def occlusion_run(model, variant: Occlusion, theme: str = OCC_THEMES[0]) -> dict:

@@ -144,7 +144,7 @@ def train(cfg: ModelConfig, out: str | pathlib.Path, *, seed: int = 0, steps: in
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg_run)
             obs, target, a, th = make_batch(net, cfg_run, rng, cfg.batch)
-            window = cfg.window_long if rng.random() < 0.5 else cfg.window_short
+            window = cfg.train_windows[1] if rng.random() < 0.5 else cfg.train_windows[0]
             phase = torch.from_numpy(rng.integers(0, period, size=cfg.batch)).to(device)
             sf = step >= cfg_run.self_forcing_from * steps
             if sf:

@@ -206,3 +206,16 @@ def test_value_age_and_fourier_fields_default_off_and_old_checkpoints_load(micro
         assert torch.allclose(rotate_tail(rotate_tail(v, ck, sk), cq, -sq), rotate_tail(v, ca, -sa), atol=1e-5)
     with pytest.raises(ValueError, match="value_age_periods"):
         ModelConfig(d_model=64, n_heads=4, value_age_periods=tuple(range(1, 10)))
+
+
+@pytest.mark.parametrize("bad", [(6,), (6, 16, 32), (0, 16), (6, True), (6.0, 16)])
+def test_train_windows_must_be_two_positive_integers(bad):
+    from worldlab.config import ModelConfig
+
+    with pytest.raises(ValueError, match="train_windows"):
+        ModelConfig(train_windows=bad)
+
+
+def test_the_shipped_checkpoint_trains_at_6_and_16_and_serves_a_short_window_of_4():
+    m = load_model()
+    assert (m.cfg.train_windows, m.cfg.window("short"), m.cfg.window("long")) == ((6, 16), 4, 16)
