@@ -45,6 +45,7 @@ CONFIG = web.AppKey("config", SessionConfig)
 KEYRING, ALLOWED_HOSTS = web.AppKey("keyring", object), web.AppKey("allowed_hosts", object)  # None: off
 OFFER_LIMIT = web.AppKey("offer_limit", TokenBucket)
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+BAD_ROOM = "room ids are 1-64 characters of A-Z a-z 0-9 _ -"  # ROOM_RE in words
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -153,7 +154,7 @@ async def index(request):
 
 async def watch(request):
     if not ROOM_RE.match(request.match_info["room"]):
-        return error(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
+        return error(400, "bad_room", BAD_ROOM)
     return web.FileResponse(STATIC / "watch.html")
 
 
@@ -252,9 +253,7 @@ async def offer(request):
     if not isinstance(body, dict):
         return error(400, "bad_json", "body must be a JSON object")
     try:
-        room = _field(body, "room", str)
-        if room is not None and not ROOM_RE.match(room):
-            raise OfferError(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
+        room = room_field(body)
         role = body.get("role", "player")
         if role not in ("player", "viewer"):
             raise OfferError(400, "bad_field", f"field 'role' must be 'player' or 'viewer', got {role!r}")
@@ -265,17 +264,11 @@ async def offer(request):
         if not sdp.startswith("v=0"):
             raise OfferError(400, "bad_sdp", "field 'sdp' is not an SDP description")
         prompt = _field(body, "prompt", str)
-        preset = body.get("preset", "auto")
-        if preset not in protocol.QUALITY:
-            raise OfferError(400, "bad_field", f"field 'preset' must be one of {protocol.QUALITY}")
+        preset = preset_field(body)
         answer = await request.app[HUB].offer(sdp, "offer", room=room, prompt=prompt, role=role, quality=preset,
                                               tenant=tenant, codec=body.get("codec"))  # PeerHub checks it
-    except TokenError as exc:
-        return token_error(exc)
-    except OfferError as exc:
-        return offer_error(exc)
-    except ValueError as exc:  # e.g. an empty or oversized prompt
-        return error(400, "bad_field", str(exc))
+    except (TokenError, ValueError) as exc:
+        return admission_error(exc)
     return web.json_response(answer)
 
 
@@ -284,6 +277,31 @@ def offer_error(exc: OfferError) -> web.Response:
     if exc.retry_after_s is not None:
         resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return resp
+
+
+def admission_error(exc: Exception) -> web.Response:
+    """The one answer of /offer and /ws to a refused session: a token, offer or field error."""
+    if isinstance(exc, TokenError):
+        return token_error(exc)
+    if isinstance(exc, OfferError):
+        return offer_error(exc)
+    return error(400, "bad_field", str(exc))  # a ValueError, e.g. an empty or oversized prompt
+
+
+def room_field(fields) -> str | None:
+    """The `room` field /offer (JSON body) and /ws (query) share; OfferError when bad."""
+    room = _field(fields, "room", str)
+    if room is not None and not ROOM_RE.match(room):
+        raise OfferError(400, "bad_room", BAD_ROOM)
+    return room
+
+
+def preset_field(fields) -> str:
+    """The `preset` field (a quality rung or auto) /offer and /ws share; OfferError when bad."""
+    preset = fields.get("preset", "auto")
+    if preset not in protocol.QUALITY:
+        raise OfferError(400, "bad_field", f"field 'preset' must be one of {protocol.QUALITY}")
+    return preset
 
 
 def same_origin(request) -> bool:
@@ -329,22 +347,14 @@ async def _socket_room(request, upgrade: bool):
     try:
         if not same_origin(request):
             raise OfferError(403, "bad_origin", "this WebSocket was opened by a page of another origin")
-        room = _field(q, "room", str)
-        if room is not None and not ROOM_RE.match(room):
-            raise OfferError(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
+        room = room_field(q)
         tenant = authorize(request.app[KEYRING], q, room, "player")
-        preset = q.get("preset", "auto")
-        if preset not in protocol.QUALITY:
-            raise OfferError(400, "bad_field", f"field 'preset' must be one of {protocol.QUALITY}")
+        preset = preset_field(q)
         if not upgrade:
             raise OfferError(426, "upgrade_required", "GET /ws is a WebSocket: open it with a WebSocket client")
         return await request.app[HUB].open_socket_room(q.get("prompt"), room=room, quality=preset, tenant=tenant)
-    except TokenError as exc:
-        return token_error(exc)
-    except OfferError as exc:
-        return offer_error(exc)
-    except ValueError as exc:  # e.g. an empty or oversized prompt
-        return error(400, "bad_field", str(exc))
+    except (TokenError, ValueError) as exc:
+        return admission_error(exc)
 
 
 async def _refuse_socket(request, ws: web.WebSocketResponse, refusal: web.Response) -> web.WebSocketResponse:
@@ -363,7 +373,7 @@ async def ice_config(request):
     minted for this request. With access tokens it needs a valid room token (TURN relays cost money)."""
     room, token = request.query.get("room"), request.query.get("token")
     if room is not None and not ROOM_RE.match(room):
-        return error(400, "bad_room", "room ids are 1-64 characters of A-Z a-z 0-9 _ -")
+        return error(400, "bad_room", BAD_ROOM)
     role = request.query.get("role", "player")
     if role not in ("player", "viewer"):
         return error(400, "bad_field", f"role must be 'player' or 'viewer', got {role!r}")
