@@ -1,5 +1,5 @@
 """The import rules of the package, read from the source (AST, no import): layers only import the layers
-below them (env -> model -> engine -> transport -> server/widget -> experiments), kernels import no worldlab."""
+below them (env, doom -> model -> engine -> transport -> server/widget -> experiments), kernels import no worldlab."""
 
 import ast
 import sys
@@ -12,6 +12,7 @@ PKG = ROOT / "worldlab"
 # What each layer must never import: everything above it.
 FORBIDDEN = {
     "env": ("model", "engine", "transport", "server", "widget", "experiments"),
+    "doom": ("model", "engine", "transport", "server", "widget", "experiments"),  # a world, beside env
     "model": ("engine", "transport", "server", "widget", "experiments"),
     "engine": ("transport", "server", "widget", "experiments"),
     "transport": ("model", "env", "server", "widget", "experiments"),

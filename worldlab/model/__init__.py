@@ -46,12 +46,18 @@ tiny.default_checkpoint = SHIPPED_TINY  # the registry hashes it for provenance 
 
 
 def start_session(model, prompt: str, seed: int = 0, context: int = CONTEXT_FRAMES):
-    """A fresh session prefilled with `context` ground-truth frames of World(seed, theme of prompt)."""
+    """A fresh session prefilled with `context` ground-truth frames: the model's own world when it has one
+    (the optional `model.context(prompt, seed, n) -> (frames, actions)`, e.g. DOOM), else the sprite world
+    World(seed, theme of prompt) under random keys."""
     from worldlab import env
 
     if context < 2:
         raise ValueError(f"context must be >= 2 frames, got {context}")
     state = model.init_state(prompt)
-    actions = env.random_actions(context - 1, seed)
-    model.prefill(state, env.rollout(seed, env.theme_for_prompt(prompt), actions), actions)
+    if callable(getattr(model, "context", None)):
+        frames, actions = model.context(prompt, seed, context)
+    else:
+        actions = env.random_actions(context - 1, seed)
+        frames = env.rollout(seed, env.theme_for_prompt(prompt), actions)
+    model.prefill(state, frames, actions)
     return state
