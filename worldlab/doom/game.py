@@ -7,6 +7,7 @@ style (worldlab.doom.styles). Everything the game reports beyond frames (positio
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -95,6 +96,7 @@ class DoomWorld:
         else:
             game.set_doom_game_path(os.path.join(root, "freedoom2.wad"))
             game.set_doom_map(self.map)
+        game.set_doom_config_path(os.path.join(tempfile.gettempdir(), "worldlab_vizdoom.ini"))  # not the cwd
         game.set_window_visible(False)
         game.set_sound_enabled(False)
         game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
