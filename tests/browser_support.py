@@ -17,21 +17,22 @@ from benchmarks.browser import (CHROMIUM, CHROMIUM_ARGS, chromium_browser, free_
                                 have_chromium, jupyter_lab_on_quickstart, running, wait_for_port)
 
 
-def video_pixels(page, selector: str, size: int = 64):
-    """The picture in a <video> drawn at (size, size) with nearest-neighbour scaling, as (size, size, 3)
-    uint8, read in the page: size 64 gives the model's frame back, the shown width gives what people see."""
+def video_pixels(page, selector: str, size: int = 64, height: int | None = None):
+    """The picture in a <video> drawn at (height or size, size) with nearest-neighbour scaling, as
+    (height, size, 3) uint8, read in the page: the model's frame size gives its frame back, the shown width
+    gives what people see."""
     import base64
     import io
 
     import numpy as np
     from PIL import Image
 
-    url = page.evaluate("""([sel, n]) => {
+    url = page.evaluate("""([sel, n, h]) => {
       const v = document.querySelector(sel);
-      const c = document.createElement('canvas'); c.width = n; c.height = n;
-      const g = c.getContext('2d'); g.imageSmoothingEnabled = false; g.drawImage(v, 0, 0, n, n);
+      const c = document.createElement('canvas'); c.width = n; c.height = h;
+      const g = c.getContext('2d'); g.imageSmoothingEnabled = false; g.drawImage(v, 0, 0, n, h);
       return c.toDataURL('image/png');
-    }""", [selector, size])  # lossless PNG: far faster to move out of the page than a list of numbers
+    }""", [selector, size, height or size])  # lossless PNG: far faster to move out of the page than a list of numbers
     png = base64.b64decode(url.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
