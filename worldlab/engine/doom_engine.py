@@ -23,6 +23,7 @@ class DoomEngineState:
 
 class DoomEngine:
     frame_shape = doom.FRAME_SHAPE
+    world = "doom"  # which ground truth it belongs to: eval scores it against the DOOM game
 
     def __init__(self, map: str = doom.DEFAULT_MAP, seed: int = 0):
         self.map, self.seed = doom.check_map(map), seed
