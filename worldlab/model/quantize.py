@@ -54,13 +54,14 @@ def calibrate(net, batches) -> dict[str, torch.Tensor]:
     return amax
 
 
-def quantize_model(net, weights: str, amax: dict[str, torch.Tensor]) -> None:
-    """In place: replace block linears by QuantLinear for weights in {"w8a8", "w4a4"}."""
+def quantize_model(net, weights: str, amax: dict[str, torch.Tensor], recipes: dict = RECIPES) -> None:
+    """In place: replace block linears by QuantLinear for weights in {"w8a8", "w4a4"} (recipes: weights ->
+    (format, QuantRecipe); each model family keeps its own, e.g. the DOOM model's rank-8 branch)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if weights == "fp32":
         return
-    fmt, recipe = RECIPES[weights]
+    fmt, recipe = recipes[weights]
     for i, blk in enumerate(net.blocks):
         for n in ("qkv", "proj", "fc1", "fc2"):
             lin = getattr(blk, n)
