@@ -33,8 +33,12 @@ def register(sub) -> None:
 
     e = sub.add_parser("eval", help="roll out against the environment: PSNR/SSIM, control, prompt switch")
     _toggles(e)
-    e.add_argument("--seeds", default="1,2,3", help="held-out seeds, comma separated (training uses >= 1000)")
-    e.add_argument("--steps", type=int, default=64)
+    e.add_argument("--seeds", default=None,
+                   help="held-out seeds, comma separated (sprites: default 1,2,3, training uses >= 1000; "
+                        "DOOM: default 100000..100009)")
+    e.add_argument("--steps", type=int, default=None, help="rollout steps (default: sprites 64, DOOM 300)")
+    e.add_argument("--map", default=None, help="DOOM models only: the map (default: the model's, my_way_home)")
+    e.add_argument("--prompt", default=None, help="DOOM models only: the prompt picking the style (default normal)")
     e.add_argument("--gallery", default=None, metavar="PATH.png",
                    help="also write a PNG: per seed, truth and model frames at steps 1, 8, 32, 64, 300 (<= --steps)")
     e.set_defaults(func=run_eval)
@@ -105,12 +109,22 @@ def run_eval(args) -> int:
     from worldlab.experiments.results import save_dataset
 
     torch.set_num_threads(args.threads)
-    seeds = _parse_ints("seeds", args.seeds)
-    check_request(seeds, args.steps, args.gallery)  # before the model loads
+    seeds = _parse_ints("seeds", args.seeds) if args.seeds is not None else None
+    # before the model loads: what was given is checked here, the world's defaults once the model says its world
+    check_request(seeds or [0], 1 if args.steps is None else args.steps, args.gallery)
+    if args.map is not None:
+        from worldlab.doom import check_map
+
+        check_map(args.map)
     _check_out(args.out)
     started = now()
     model = build_model(args)
-    res, runs = evaluate_runs(model, seeds, args.steps, gallery_path=args.gallery)
+    if getattr(model, "world", None) == "doom":
+        return _run_doom_eval(args, model, seeds)
+    if args.map is not None or args.prompt is not None:
+        raise ValueError("--map and --prompt apply to DOOM models only")
+    seeds, steps = seeds or [1, 2, 3], 64 if args.steps is None else args.steps
+    res, runs = evaluate_runs(model, seeds, steps, gallery_path=args.gallery)
     if args.out:
         ds = eval_dataset(res, runs, _toggles_of(args), model, checkpoint=args.checkpoint, started_at=started)
         save_dataset(ds, args.out)
@@ -118,12 +132,39 @@ def run_eval(args) -> int:
         print(json.dumps(res, allow_nan=False))  # pooled PSNRs are capped: never Infinity/NaN
         return 0
     for k, v in res.items():
-        if k not in ("psnr_per_step", "gallery", "gallery_steps"):
+        if k not in ("psnr_per_step", "gallery", "gallery_steps", "baselines"):
             print(f"{k:18s} {v}")
-    if args.gallery:
+    for name, b in res["baselines"].items():
+        ci = b["psnr_mean_ci"] and "[{:.2f}, {:.2f}]".format(*b["psnr_mean_ci"])
+        print(f"baseline {name:9s} psnr_mean {b['psnr_mean']:.2f} {ci}  psnr_tail {b['psnr_tail']:.2f}  "
+              f"switch {b['switch_psnr']:.2f}  ssim {b['ssim_mean']:.3f}  sharpness {b['sharpness_ratio']:.2f}  "
+              f"agent_err {b['agent_err_px']:.1f} px")
+    _print_gallery(res, steps)
+    return 0
+
+
+def _print_gallery(res: dict, steps: int) -> None:
+    if res.get("gallery"):
         shown = ", ".join(map(str, res["gallery_steps"]))
-        note = f" (--steps {args.steps} < 300: only these)" if args.steps < 300 else ""
+        note = f" (--steps {steps} < 300: only these)" if steps < 300 else ""
         print(f"gallery            {res['gallery']}: steps {shown}{note}")
+
+
+def _run_doom_eval(args, model, seeds) -> int:
+    """`worldlab eval` for a model of the DOOM world (worldlab.doom_eval): the real game is the truth."""
+    from worldlab import doom_eval
+
+    if args.out:
+        raise ValueError("--out is not written for DOOM models yet; use --json")
+    steps = doom_eval.DEFAULT_STEPS if args.steps is None else args.steps
+    res = doom_eval.evaluate(model, seeds or doom_eval.DEFAULT_SEEDS, steps,
+                             prompt=doom_eval.DEFAULT_PROMPT if args.prompt is None else args.prompt,
+                             map=args.map, gallery_path=args.gallery)
+    if args.json:
+        print(json.dumps(res, allow_nan=False))
+        return 0
+    print(doom_eval.format_table(res))
+    _print_gallery(res, steps)
     return 0
 
 
