@@ -15,13 +15,21 @@ from PIL import Image
 from worldlab import env, gallery
 from worldlab.engine.oracle import EnvOracle
 from worldlab.evaluate import (OCC_HIDDEN, OCC_LAST, OCC_SCORED, OCC_THEMES, OCCLUSION_VARIANTS, PSNR_CAP,
-                               collapse_flags, evaluate, mse, occlusion_scores, pooled_psnr, psnr, ssim)
+                               collapse_flags, evaluate, mse, occlusion_scores, pooled_psnr, psnr, ssim,
+                               theme_for_seed, training_mean_frame)
+from worldlab.model import CONTEXT_FRAMES
 
 WORLDLAB = str(Path(sys.executable).parent / "worldlab")
 PSNR_KEYS = ("psnr_step1", "psnr_mean", "psnr_mean_all", "psnr_tail", "switch_psnr", "switch_psnr_min",
              "occlusion_psnr", "occlusion_psnr_all")
-ALL_KEYS = PSNR_KEYS + ("ssim_mean", "agent_err_px", "switch_ms", "collapse", "collapse_seeds", "kv_bytes",
-                        "model_ms_p50", "model_ms_p95", "steps", "seeds", "psnr_per_step", "psnr_per_seed", "config")
+QUALITY_KEYS = ("psnr_mean_ci", "psnr_tail_ci", "switch_psnr_ci", "ssim_mean_ci", "agent_err_px_ci", "sharpness_ratio",
+                "sharp", "sharpness_ratio_last", "sharp_last", "exact_share", "persistence_psnr", "switch_hist_dist")
+ALL_KEYS = PSNR_KEYS + QUALITY_KEYS + (
+    "ssim_mean", "agent_err_px", "switch_ms", "collapse", "collapse_seeds", "kv_bytes", "model_ms_p50", "model_ms_p95",
+    "steps", "seeds", "psnr_per_step", "psnr_per_seed", "config", "baselines")
+BASELINES = ("copy_last", "mean_frame", "painter")
+BASELINE_KEYS = ("psnr_step1", "psnr_mean", "psnr_tail", "switch_psnr", "ssim_mean", "agent_err_px", "psnr_per_seed",
+                 "model_gap_psnr_mean_ci") + QUALITY_KEYS
 
 
 def db(m):
@@ -155,6 +163,14 @@ def test_a_perfect_model_scores_the_cap_everywhere():
     assert res["ssim_mean"] == pytest.approx(1.0) and res["agent_err_px"] == 0.0
     assert res["collapse"] is False and res["collapse_seeds"] == []
     assert set(ALL_KEYS) <= set(res)
+    assert res["exact_share"] == 1.0 and res["sharp"] and res["sharp_last"] and res["sharpness_ratio"] == 1.0
+    assert res["psnr_mean_ci"] == res["switch_psnr_ci"] == [PSNR_CAP, PSNR_CAP]  # identical seeds: zero width
+    assert res["persistence_psnr"] == PSNR_CAP and res["switch_hist_dist"] == 0.0
+    assert sorted(res["baselines"]) == sorted(BASELINES)
+    for name, b in res["baselines"].items():
+        assert set(BASELINE_KEYS) <= set(b), name
+        assert b["psnr_mean"] < 35 and b["exact_share"] == 0.0, name  # nothing trivial is exact here
+        assert b["model_gap_psnr_mean_ci"][0] > 60, name  # the exact model beats it on every resample
     json.dumps(res, allow_nan=False)
     assert occlusion_scores(FaithfulOracle()) == {"occlusion_psnr": PSNR_CAP, "occlusion_psnr_all": PSNR_CAP}
 
@@ -169,6 +185,48 @@ def test_evaluate_pools_mse_instead_of_averaging_capped_psnrs():
     assert res["switch_psnr_min"] == pytest.approx(db(1 / 3))
     assert res["occlusion_psnr"] == pytest.approx(db(0.5))  # frames 14..17
     assert res["occlusion_psnr_all"] == pytest.approx(db(8 / 17))  # frames 8..24: 9, 11, ..., 23 flipped
+    assert res["exact_share"] == 0.5  # the even frames
+    assert res["sharp"] and res["sharpness_ratio"] > 1  # flipped low bits add detail; nothing is blurred
+
+
+def test_baselines_score_what_they_predict_on_the_same_seeds_and_keys():
+    seeds, steps = [1, 2], 8
+    res = evaluate(FaithfulOracle(), seeds=seeds, steps=steps)["baselines"]
+    held, mean_mse, painter_gen, truth = [], [], [], []
+    for s in seeds:
+        theme = theme_for_seed(s)
+        frames = env.rollout(s, theme, env.random_actions(CONTEXT_FRAMES - 1 + steps, s))
+        last, tru = frames[CONTEXT_FRAMES - 1], frames[CONTEXT_FRAMES:]
+        held += [mse(last, t) for t in tru]
+        mean_mse += [mse(training_mean_frame(theme), t) for t in tru]
+        truth.append(tru)
+    assert res["copy_last"]["psnr_mean"] == pytest.approx(pooled_psnr(held))
+    assert res["mean_frame"]["psnr_mean"] == pytest.approx(pooled_psnr(mean_mse))
+    assert res["copy_last"]["psnr_step1"] > res["copy_last"]["psnr_tail"]  # the held frame ages
+    assert res["painter"]["agent_err_px"] == 0.0 and res["painter"]["agent_err_px_ci"] == [0.0, 0.0]
+    assert res["mean_frame"]["agent_err_px"] == env.SIZE  # no agent in the mean frame: scored as not found
+    assert res["painter"]["psnr_mean"] > max(res["copy_last"]["psnr_mean"], res["mean_frame"]["psnr_mean"])
+    lo, hi = res["copy_last"]["psnr_mean_ci"]
+    assert lo <= res["copy_last"]["psnr_mean"] <= hi and lo < hi  # two different seeds: a real interval
+
+
+def test_the_painter_draws_everything_but_the_objects():
+    from worldlab.model.painter import painter
+
+    model, w = painter(), env.World(4, "snow")
+    actions = env.random_actions(40, 4)
+    truth = [w.reset()] + [w.step(a) for a in actions[: CONTEXT_FRAMES - 1]]
+    state = model.init_state("a snowy walk")
+    model.prefill(state, np.stack(truth), actions[: CONTEXT_FRAMES - 1])
+    for a in actions[CONTEXT_FRAMES - 1:]:
+        frame, gt = model.step([state], [a])[0], w.step(a)
+        objects = np.zeros(frame.shape[:2], bool)
+        for x, y in w.objects:
+            objects[y:y + env.OBJECT, x:x + env.OBJECT] = True
+        assert ((frame != gt).any(-1) <= objects).all()  # differences only where an object is drawn
+        assert tuple(state.agent) == tuple(w.agent)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        painter(checkpoint="x.safetensors")
 
 
 def test_collapse_seeds_names_the_seed_and_flag():

@@ -8,6 +8,14 @@ PSNR figures are *pooled*: the PSNR of the mean squared error over every frame a
 the mean of per-frame PSNRs (which a few exact frames inflate without bound). An exact result has no
 finite PSNR and JSON carries no infinity, so pooled figures are capped at PSNR_CAP.
 
+Figures that can fail (worldlab.fidelity): sharpness ratio and `sharp` (a blur fails), the share of
+bit-exact frames, persistence PSNR (pixels where the truth differs from the mean frame), the colour-histogram
+distance after the prompt switch, and 95 % bootstrap intervals over seeds (`*_ci`; null with one seed).
+`baselines` holds the same figures, measured in the same run on the same seeds and keys, for copy-last
+(the last prefilled frame held), the mean frame (per theme, over MEAN_SEEDS) and the no-objects painter
+(worldlab.model.painter); each with `model_gap_psnr_mean_ci`, the paired interval of the model's psnr_mean
+minus the baseline's (an interval holding 0 is no difference).
+
 Hidden-object run (`occlusion_run`): an object crosses the pillar (7 columns) at 1 px a frame: fully
 hidden for 4 frames (t = 10..13), with its last visible edge 4 frames before it comes back. The short
 window (4 frames) no longer holds any frame that saw it when it must re-emerge; the long one (16) does.
@@ -18,72 +26,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from worldlab import env, gallery
+from worldlab.fidelity import (bootstrap_ci, bootstrap_pooled_psnr, bootstrap_psnr_gap, copy_last_baseline,
+                               exact_share, histogram_distance, is_sharp, mean_frame, mean_frame_baseline,
+                               persistence_psnr, sharpness_ratio, ssim_per_frame)
+# The metrics live in worldlab.fidelity; evaluate re-exports the ones its callers have always imported from here.
+from worldlab.fidelity import PEAK, PSNR_CAP, capped_psnr, mse, pooled_psnr, psnr, ssim  # noqa: F401
 from worldlab.model import CONTEXT_FRAMES
+from worldlab.model.painter import painter
 from worldlab.model.protocol import describe
 
 SWITCH_AFTER = 16  # steps rolled out before the prompt switch in the switch run
 SWITCH_FRAMES = 3  # "within 3 frames of a prompt switch"
 HEAD_STEPS = 64  # psnr_mean, ssim_mean, agent_err_px, psnr_per_seed cover the first 64 steps
 TAIL_STEPS = 32  # psnr_tail covers the last 32 steps
-PSNR_CAP = 100.0  # pooled PSNR of an exact result (JSON has no infinity); also the ceiling of any pooled figure
-PEAK = 255.0
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-
-
-def _db(m: float) -> float:
-    return float("inf") if m == 0 else float(10 * np.log10(PEAK**2 / m))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Per-frame PSNR in dB; inf for identical frames."""
-    return _db(mse(a, b))
-
-
-def capped_psnr(mse):
-    """PSNR of each MSE (array or DataArray), exact ones (MSE 0) at PSNR_CAP so the result stays finite."""
-    with np.errstate(divide="ignore"):
-        return np.minimum(10 * np.log10(PEAK**2 / mse), PSNR_CAP)
-
-
-def pooled_psnr(mses) -> float:
-    """PSNR of the mean MSE over everything given. Exact (mean 0) -> PSNR_CAP; never above it, so a
-    near-exact result cannot out-score an exact one."""
-    m = np.asarray(mses, dtype=np.float64)
-    if m.size == 0:
-        raise ValueError("pooled_psnr needs at least one MSE")
-    return float(capped_psnr(m.mean()))
-
-
-def _gauss(size=11, sigma=1.5) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(size) - size // 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(3, 1, size, size).contiguous()
-
-
-_WIN = _gauss()
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM (Wang et al. 2004, 11x11 Gaussian, sigma 1.5) averaged over RGB channels."""
-    x = torch.from_numpy(a).permute(2, 0, 1)[None].double()
-    y = torch.from_numpy(b).permute(2, 0, 1)[None].double()
-    w = _WIN.double()
-    mu_x, mu_y = F.conv2d(x, w, groups=3), F.conv2d(y, w, groups=3)
-    sxx = F.conv2d(x * x, w, groups=3) - mu_x**2
-    syy = F.conv2d(y * y, w, groups=3) - mu_y**2
-    sxy = F.conv2d(x * y, w, groups=3) - mu_x * mu_y
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+MEAN_SEEDS = range(1000, 1016)  # training-like seeds (training uses >= 1000) behind the mean-frame baseline
+MEAN_STEPS = 64  # frames rolled per mean seed after its reset frame
 
 
 def collapse_flags(frames: np.ndarray, truth: np.ndarray) -> dict:
@@ -133,18 +95,29 @@ def agent_error(frame: np.ndarray, theme: str, world_state: dict) -> float:
     return float(np.hypot(found[0] - cx, found[1] - cy)) if found else float(env.SIZE)
 
 
+def score_frames(gen: np.ndarray, tru: np.ndarray, theme: str, world_states) -> dict:
+    """Per-frame scores of generated frames against the truth (a model's or a baseline's, same code)."""
+    return {"mse": [mse(g, t) for g, t in zip(gen, tru)], "ssim": ssim_per_frame(gen, tru).tolist(),
+            "agent_err": [agent_error(f, theme, ws) for f, ws in zip(gen, world_states)],
+            "flags": collapse_flags(gen, tru), "frames": gen, "truth": tru}
+
+
 def rollout_seed(model, seed: int, steps: int, theme: str) -> dict:
     state, frames = rollout_frames(model, seed, steps, theme)
-    gen, tru, ms, agent_err = [], [], [], []
+    gen, tru, ms, world_states = [], [], [], []
     for frame, gt, t, world_state in frames:
         gen.append(frame)
         tru.append(gt)
         ms.append(t)
-        agent_err.append(agent_error(frame, theme, world_state))
-    gen, tru = np.stack(gen), np.stack(tru)
-    return {"mse": [mse(g, t) for g, t in zip(gen, tru)], "ssim": [ssim(g, t) for g, t in zip(gen, tru)],
-            "agent_err": agent_err, "ms": ms, "kv_bytes": model.kv_bytes(state), "flags": collapse_flags(gen, tru),
-            "frames": gen, "truth": tru}
+        world_states.append(world_state)
+    return {**score_frames(np.stack(gen), np.stack(tru), theme, world_states), "ms": ms,
+            "kv_bytes": model.kv_bytes(state), "states": world_states, "theme": theme,
+            "context_last": context_last_frame(seed, theme)}
+
+
+def context_last_frame(seed: int, theme: str) -> np.ndarray:
+    """The last ground-truth frame prefilled before a rollout of `seed` (what copy-last holds)."""
+    return env.rollout(seed, theme, env.random_actions(CONTEXT_FRAMES - 1, seed))[-1]
 
 
 def switch_run(model, seed: int, theme: str) -> dict:
@@ -163,8 +136,10 @@ def switch_run(model, seed: int, theme: str) -> dict:
     model.recache(state, f"now it is {new_theme}")
     recache_ms = (time.perf_counter() - t0) * 1000
     w.set_theme(new_theme)
-    scores = [mse(model.step([state], [a])[0], w.step(a)) for a in rest[SWITCH_AFTER:]]
-    return {"mse": scores, "recache_ms": recache_ms, "from": theme, "to": new_theme}
+    gen = np.stack([model.step([state], [a])[0] for a in rest[SWITCH_AFTER:]])
+    tru = np.stack([w.step(a) for a in rest[SWITCH_AFTER:]])
+    return {"mse": [mse(g, t) for g, t in zip(gen, tru)], "recache_ms": recache_ms, "from": theme, "to": new_theme,
+            "frames": gen, "truth": tru, "context_last": truth[-1]}
 
 
 # -- hidden-object run ---------------------------------------------------------------------------------
@@ -262,6 +237,75 @@ def _fidelity(runs, switches, steps: int) -> dict:
     }
 
 
+def _interval(ci) -> list[float] | None:
+    """JSON form of a (lo, hi) interval: None when it is undefined (one seed)."""
+    return None if np.isnan(ci[0]) else [ci[0], ci[1]]
+
+
+def _finite(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def _quality(runs, switches, steps: int) -> dict:
+    """The figures that blur and luck cannot pass: SSIM/sharpness/exact share/persistence/colour statistics
+    after a switch, and 95 % bootstrap intervals over seeds for the headline figures."""
+    M = np.array([r["mse"] for r in runs])  # (seeds, steps)
+    head, tail = min(HEAD_STEPS, steps), min(TAIL_STEPS, steps)
+    gen, tru = np.stack([r["frames"] for r in runs]), np.stack([r["truth"] for r in runs])  # (S, T, H, W, 3)
+    means = np.stack([training_mean_frame(r["theme"]) for r in runs])[:, None]  # (S, 1, H, W, 3)
+    sw_gen, sw_tru = np.stack([s["frames"] for s in switches]), np.stack([s["truth"] for s in switches])
+    return {
+        "psnr_mean_ci": _interval(bootstrap_pooled_psnr(M[:, :head])),
+        "psnr_tail_ci": _interval(bootstrap_pooled_psnr(M[:, -tail:])),
+        "switch_psnr_ci": _interval(bootstrap_pooled_psnr([s["mse"] for s in switches])),
+        "ssim_mean_ci": _interval(bootstrap_ci([np.mean(r["ssim"][:head]) for r in runs])),
+        "agent_err_px_ci": _interval(bootstrap_ci([np.mean(r["agent_err"][:head]) for r in runs])),
+        "sharpness_ratio": sharpness_ratio(gen[:, :head], tru[:, :head]),
+        "sharp": is_sharp(gen[:, :head], tru[:, :head]),
+        "sharpness_ratio_last": sharpness_ratio(gen[:, -1], tru[:, -1]),
+        "sharp_last": is_sharp(gen[:, -1], tru[:, -1]),
+        "exact_share": exact_share(gen.reshape(-1, *gen.shape[2:]), tru.reshape(-1, *tru.shape[2:])),
+        "persistence_psnr": _finite(persistence_psnr(gen[:, :head], tru[:, :head], means)),
+        "switch_hist_dist": histogram_distance(sw_gen, sw_tru),
+    }
+
+
+@lru_cache(maxsize=None)
+def training_mean_frame(theme: str) -> np.ndarray:
+    """The mean frame of `theme` over MEAN_SEEDS rollouts (training-like seeds, never evaluated on)."""
+    frames = [env.rollout(s, theme, env.random_actions(MEAN_STEPS, s)) for s in MEAN_SEEDS]
+    return mean_frame(np.concatenate(frames))
+
+
+def _array_baseline(runs, switches, predict) -> tuple[list[dict], list[dict]]:
+    """Runs and switch runs of a baseline given as arrays: predict(theme, context_last, n) -> (n, H, W, 3)."""
+    b_runs = [{**score_frames(predict(r["theme"], r["context_last"], len(r["truth"])), r["truth"], r["theme"],
+                              r["states"]), "theme": r["theme"]} for r in runs]
+    b_switches = []
+    for s in switches:
+        gen = predict(s["to"], s["context_last"], len(s["truth"]))
+        b_switches.append({"mse": [mse(g, t) for g, t in zip(gen, s["truth"])], "frames": gen, "truth": s["truth"]})
+    return b_runs, b_switches
+
+
+def baseline_runs(seeds, steps: int, runs, switches) -> dict:
+    """Each trivial baseline's (runs, switch runs) on the same seeds, truth and keys as the model's."""
+    return {
+        "copy_last": _array_baseline(runs, switches, lambda theme, last, n: copy_last_baseline(last, n)),
+        "mean_frame": _array_baseline(runs, switches,
+                                      lambda theme, last, n: mean_frame_baseline(training_mean_frame(theme), n)),
+        "painter": ([rollout_seed(painter(), s, steps, theme_for_seed(s)) for s in seeds],
+                    [switch_run(painter(), s, theme_for_seed(s)) for s in seeds]),
+    }
+
+
+def _baseline_figures(model_runs, b_runs, b_switches, steps: int) -> dict:
+    figures = {k: v for k, v in _fidelity(b_runs, b_switches, steps).items() if k != "psnr_per_step"}
+    head = min(HEAD_STEPS, steps)
+    gap = bootstrap_psnr_gap([r["mse"][:head] for r in model_runs], [r["mse"][:head] for r in b_runs])
+    return {**figures, **_quality(b_runs, b_switches, steps), "model_gap_psnr_mean_ci": _interval(gap)}
+
+
 def _collapse(runs, seeds) -> dict:
     bad = [{"seed": int(s), "flags": [k for k, on in r["flags"].items() if on]} for s, r in zip(seeds, runs)]
     bad = [b for b in bad if b["flags"]]
@@ -280,8 +324,11 @@ def evaluate_runs(model, seeds, steps: int, gallery_path=None) -> tuple[dict, li
     runs = [rollout_seed(model, s, steps, theme_for_seed(s)) for s in seeds]
     switches = [switch_run(model, s, theme_for_seed(s)) for s in seeds]
     ms = np.concatenate([r["ms"] for r in runs])
+    baselines = baseline_runs(seeds, steps, runs, switches)
     res = {
         **_fidelity(runs, switches, steps),
+        **_quality(runs, switches, steps),
+        "baselines": {name: _baseline_figures(runs, *b, steps) for name, b in baselines.items()},
         **occlusion_scores(model),
         "switch_ms": float(np.median([s["recache_ms"] for s in switches])),
         **_collapse(runs, seeds),
