@@ -133,17 +133,7 @@ class Episode:
 
 
 # -- the model's side ----------------------------------------------------------------------------------
-def _follow_seed(model, ep: Episode) -> None:
-    """The real game replays the context's keys from its own seed (it reads no frames), so it is handed the
-    episode's; a learned model sees only frames and keys and is left alone."""
-    from worldlab.engine.doom_engine import DoomEngine
-
-    if isinstance(model, DoomEngine):
-        model.seed = ep.seed
-
-
 def new_session(model, ep: Episode, prompt: str | None = None):
-    _follow_seed(model, ep)
     state = model.init_state(prompt or ep.prompt)
     model.prefill(state, *ep.context)
     return state
@@ -165,7 +155,6 @@ def _held(frame: np.ndarray, n: int) -> np.ndarray:
 
 def teacher_forced(model, ep: Episode) -> dict:
     """Per predictor (and 'truth'): (K, H, W, 3) next frames at TF_POSITIONS."""
-    _follow_seed(model, ep)
     state = model.init_state(ep.prompt)
     pred = []
     for p in TF_POSITIONS:

@@ -122,3 +122,15 @@ def test_a_missing_vizdoom_is_one_line_and_the_rest_of_worldlab_works():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1 and "needs the vizdoom package" in lines[0] and "pip install vizdoom" in lines[0]
+
+
+def test_the_real_game_replays_the_episode_whose_context_it_is_given():
+    from worldlab.engine.doom_engine import DoomEngine
+
+    frames, actions, _ = doom.explore("my_way_home", 100_003, 12)
+    engine = DoomEngine()  # its own seed is 0: the context's seed comes from the frames it is handed
+    state = engine.init_state("normal")
+    engine.prefill(state, frames[:8], actions[:7])
+    out = engine.step([state] * 1, [actions[7]])
+    assert np.array_equal(out[0], frames[8])
+    assert doom.origin_of(frames[0]) == ("my_way_home", 100_003) and doom.origin_of(frames[5]) is None

@@ -6,8 +6,10 @@ style (worldlab.doom.styles). Everything the game reports beyond frames (positio
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,6 +25,20 @@ DEFAULT_MAP = "my_way_home"
 SCENARIOS = ("my_way_home", "defend_the_center", "health_gathering")
 LEVELS = tuple(f"MAP{i:02d}" for i in range(1, 33))
 MAPS = SCENARIOS + LEVELS
+
+
+_ORIGINS: OrderedDict = OrderedDict()  # sha1 of a reset frame -> (map, seed) of the episode it starts
+_ORIGINS_KEPT = 4096
+
+
+def _frame_key(frame: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(frame).tobytes()).hexdigest()
+
+
+def origin_of(frame: np.ndarray) -> tuple[str, int] | None:
+    """(map, seed) of the episode whose first frame this is, if a DoomWorld in this process started it (None
+    otherwise): the real game reads keys, not frames, so this is how it can replay a context it is handed."""
+    return _ORIGINS.get(_frame_key(frame))
 
 
 class DoomUnavailable(ValueError):
@@ -116,10 +132,17 @@ class DoomWorld:
     def set_style(self, style: str) -> None:
         self.style = check_style(style)
 
-    def reset(self) -> np.ndarray:
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Back to the episode's first frame (of `seed`, when given: the world then follows that seed)."""
+        if seed is not None:
+            self.seed = int(seed)
         self.t, self.episode = 0, 0
         self._new_episode()
-        return self.render()
+        frame = self.render()
+        _ORIGINS[_frame_key(frame)] = (self.map, self.seed)
+        while len(_ORIGINS) > _ORIGINS_KEPT:
+            _ORIGINS.popitem(last=False)
+        return frame
 
     def _new_episode(self) -> None:
         self._game.set_seed((self.seed + 7919 * self.episode) % 2**31)

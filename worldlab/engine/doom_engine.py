@@ -42,7 +42,10 @@ class DoomEngine:
         return frames, actions
 
     def prefill(self, state: DoomEngineState, frames: np.ndarray, actions: Sequence) -> None:
-        state.world.reset()
+        """Replay the keys from the episode the first frame starts (known when a DoomWorld here started it, as
+        for `context` and eval's episodes); frames from elsewhere replay from this engine's own seed."""
+        origin = doom.origin_of(frames[0]) if len(frames) else None
+        state.world.reset(origin[1] if origin and origin[0] == self.map else self.seed)
         for a in actions:
             state.world.step(a)
 
