@@ -137,3 +137,43 @@ def test_step_checks_its_input():
     m.prefill(s, _frames(), KEYS)
     with pytest.raises(ValueError, match="unknown key 'jump'"):
         m.step([s], [("jump",)])
+
+
+@pytest.fixture(scope="module")
+def doom_ckpt(tmp_path_factory):
+    from worldlab.model.doom.checkpoint import save
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("doom") / "doom.safetensors"
+    save(path, DoomDynamics(CFG), DoomTokenizer(), {}, {"note": "random weights, for the loader tests"})
+    return path
+
+
+def test_a_doom_checkpoint_loads_by_path_as_the_doom_model(doom_ckpt):
+    from worldlab.model.registry import resolve
+
+    plugin = resolve(str(doom_ckpt))
+    model = plugin.build()
+    assert model.world == "doom" and model.frame_shape == (48, 64, 3)
+    assert model.describe()["model"] == "doom" and model.cfg.d_model == CFG.d_model
+
+
+def test_a_checkpoint_of_the_other_model_is_one_line_naming_what_it_holds(doom_ckpt):
+    from worldlab.model import load_model
+    from worldlab.model.doom.world_model import load_doom
+    from worldlab.model.doom.tokenizer import SHIPPED as TOKENIZER
+    from worldlab.model import SHIPPED_TINY
+
+    with pytest.raises(ValueError, match=r"holds a DOOM world model, not a tiny transformer$"):
+        load_model(doom_ckpt)
+    with pytest.raises(ValueError, match=r"holds a tiny transformer, not a DOOM world model$"):
+        load_doom(SHIPPED_TINY)
+    if TOKENIZER.is_file():
+        with pytest.raises(ValueError, match=r"holds a DOOM tokenizer \(autoencoder\), not a DOOM world model$"):
+            load_doom(TOKENIZER)
+
+
+def test_w4a4_keeps_its_low_rank_branch_within_a_sixteenth_of_the_width(doom_ckpt):
+    from worldlab.model.doom.world_model import doom_recipes
+
+    assert doom_recipes(CFG)["w4a4"][1].lowrank_rank == CFG.d_model // 16

@@ -20,12 +20,16 @@ def _toggles(p) -> None:
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a world model from scratch (reproduces the shipped checkpoint)")
-    t.add_argument("--preset", default="tiny", help="micro | tiny | conv (the conv plug-in: worldlab.train_conv)")
+    t.add_argument("--preset", default="tiny",
+                   help="micro | tiny | conv (the conv plug-in: worldlab.train_conv) | doom (the DOOM world model "
+                        "over the shipped DOOM tokenizer) | doom-tokenizer")
     t.add_argument("--out", required=True, help="output .safetensors path (a .metrics.jsonl log goes beside it)")
     t.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, help="continue from this checkpoint (same preset) instead of scratch")
     t.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
+    t.add_argument("--budget-min", type=float, default=None,
+                   help="doom presets: stop after this many minutes of training (default: the preset's)")
     t.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
     t.add_argument("--json", action="store_true")
@@ -86,6 +90,10 @@ def run_train(args) -> int:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.preset in ("doom", "doom-tokenizer"):
+        return _train_doom(args)
+    if args.budget_min is not None:
+        raise ValueError("--budget-min applies to the doom presets")
     if args.preset == "conv":  # a different model family with its own trainer
         from worldlab.train_conv import train_conv
 
@@ -96,6 +104,34 @@ def run_train(args) -> int:
         return 0
     summary = train(preset(args.preset), args.out, seed=args.seed, steps=args.steps, progress=not args.json,
                     init=args.init, lr=args.lr, device=device)
+    print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
+    return 0
+
+
+def _train_doom(args) -> int:
+    """The DOOM presets (CPU): the world model over the shipped tokenizer, or the tokenizer itself."""
+    from dataclasses import replace
+
+    from worldlab.doom import vizdoom
+
+    vizdoom()  # one line when the game is missing, before anything trains
+    if args.init:
+        raise ValueError("--init applies to the sprite transformer presets, not doom")
+    if args.preset == "doom-tokenizer":
+        import pathlib
+
+        from worldlab.model.doom.train_tokenizer import TrainConfig, train as train_tokenizer
+
+        given = {"steps": args.steps, "seed": args.seed, "lr": args.lr, "budget_min": args.budget_min}
+        summary = train_tokenizer(replace(TrainConfig(), **{k: v for k, v in given.items() if v is not None}),
+                                  pathlib.Path(args.out))
+    else:
+        from worldlab.model.doom.dynamics import DoomConfig
+        from worldlab.model.doom.train import train as train_doom
+
+        cfg = DoomConfig() if args.lr is None else replace(DoomConfig(), lr=args.lr)
+        summary = train_doom(args.out, cfg, seed=args.seed, steps=args.steps, budget_min=args.budget_min,
+                             progress=not args.json)
     print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
     return 0
 
