@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from worldlab.config import ModelConfig
 from worldlab.model import SHIPPED_TINY as SHIPPED
+from worldlab.model.registry import refuse_part
 from worldlab.model.transformer import WorldTransformer
 
 CALIB_PREFIX = "calib."
@@ -73,6 +74,7 @@ def load(path=None, device="cpu") -> tuple[WorldTransformer, dict[str, torch.Ten
         tensors = load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
         raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    refuse_part(path, meta, "a tiny transformer")
     if "config" not in meta:
         if "conv" in meta:
             raise ValueError(f"checkpoint {path} holds a conv model, not a tiny transformer: use --model conv "

@@ -181,6 +181,7 @@ def load(path=None, device: str = "cpu") -> ConvWorldModel:
     from safetensors import safe_open
 
     from worldlab.model.checkpoint import file_hash
+    from worldlab.model.registry import refuse_part
 
     path = pathlib.Path(path) if path is not None else SHIPPED
     if not path.is_file():
@@ -190,6 +191,7 @@ def load(path=None, device: str = "cpu") -> ConvWorldModel:
             meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
         raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    refuse_part(path, meta, "a conv model")
     if "conv" not in meta and ("worldlab" in meta or "config" in meta):
         raise ValueError(f"checkpoint {path} holds a tiny transformer, not a conv model: use --model tiny "
                          f"--checkpoint {path} (or --model {path})")

@@ -21,6 +21,10 @@ from worldlab.model.protocol import ModelError, conformance_error, frames_error
 GROUP = "worldlab.models"
 CHECKPOINT_MODEL = "tiny"  # the architecture a bare checkpoint path is loaded as when its metadata does not say
 ARCHITECTURE_KEYS = {"conv": "conv", "worldlab": "tiny", "config": "tiny"}  # checkpoint metadata key -> model
+# checkpoint metadata key -> what the file holds, for one-line refusals that name it
+HOLDS = {"conv": "a conv world model", "worldlab": "a tiny transformer", "config": "a tiny transformer",
+         "doom_tokenizer": "a DOOM tokenizer (autoencoder)"}
+PARTS = ("doom_tokenizer",)  # model parts, not world models: the model that uses one loads it, never --model
 PROBE_PROMPT = "a walk in the forest"
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -150,6 +154,20 @@ def checkpoint_architecture(path) -> str | None:
     except Exception:  # the loader reports an unreadable file with its own message
         return None
     return next((name for key, name in ARCHITECTURE_KEYS.items() if key in keys), None)
+
+
+def checkpoint_holds(metadata: dict) -> str:
+    """What a checkpoint holds, named from its safetensors metadata keys (for refusals that say so)."""
+    return next((what for key, what in HOLDS.items() if key in metadata), "no worldlab model")
+
+
+def refuse_part(path, metadata: dict, expected: str) -> None:
+    """One-line ValueError when the checkpoint holds a model part (e.g. the DOOM tokenizer) where `expected`
+    (a world model) was asked for."""
+    part = next((key for key in PARTS if key in metadata), None)
+    if part is not None:
+        raise ValueError(f"checkpoint {path} holds {HOLDS[part]}, not {expected}: it is a part of a model, "
+                         f"not a world model to load by itself")
 
 
 def _load(what: str, load: Callable[[], Any]):
