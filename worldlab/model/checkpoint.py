@@ -79,7 +79,9 @@ def load(path=None, device="cpu") -> tuple[WorldTransformer, dict[str, torch.Ten
         if "conv" in meta:
             raise ValueError(f"checkpoint {path} holds a conv model, not a tiny transformer: use --model conv "
                              f"--checkpoint {path} (or --model {path})")
-        raise ValueError(f"checkpoint {path} has no worldlab config in its metadata")
+        from worldlab.model.registry import checkpoint_holds
+
+        raise ValueError(f"checkpoint {path} holds {checkpoint_holds(meta)}, not a tiny transformer")
     try:
         cfg = ModelConfig(**json.loads(meta["config"]))
     except TypeError as exc:  # a config field this version does not have: a checkpoint of another model design

@@ -20,10 +20,10 @@ from worldlab.model.protocol import ModelError, conformance_error, frames_error
 
 GROUP = "worldlab.models"
 CHECKPOINT_MODEL = "tiny"  # the architecture a bare checkpoint path is loaded as when its metadata does not say
-ARCHITECTURE_KEYS = {"conv": "conv", "worldlab": "tiny", "config": "tiny"}  # checkpoint metadata key -> model
+ARCHITECTURE_KEYS = {"conv": "conv", "worldlab": "tiny", "config": "tiny", "doom_world_model": "doom"}  # checkpoint metadata key -> model
 # checkpoint metadata key -> what the file holds, for one-line refusals that name it
 HOLDS = {"conv": "a conv world model", "worldlab": "a tiny transformer", "config": "a tiny transformer",
-         "doom_tokenizer": "a DOOM tokenizer (autoencoder)"}
+         "doom_tokenizer": "a DOOM tokenizer (autoencoder)", "doom_world_model": "a DOOM world model"}
 PARTS = ("doom_tokenizer",)  # model parts, not world models: the model that uses one loads it, never --model
 PROBE_PROMPT = "a walk in the forest"
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
