@@ -44,6 +44,21 @@ def file_hash(path) -> str:
     return file_sha256(path)[:16]
 
 
+def read_file(path, missing: str = "checkpoint not found") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; FileNotFoundError `missing: path` when there is none, a
+    one-line ValueError when it is not a readable safetensors file."""
+    from safetensors import safe_open
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{missing}: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
+        raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+
+
 def read_metadata(path) -> dict:
     """{"config": json str, "extra": json str} from either layout (one `worldlab` key, or the older two keys)."""
     from safetensors import safe_open

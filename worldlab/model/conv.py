@@ -178,19 +178,11 @@ def save(path, net: ConvNet, extra: dict | None = None) -> str:
 
 def load(path=None, device: str = "cpu") -> ConvWorldModel:
     """A ConvWorldModel from a checkpoint (None: the shipped one); ValueError/FileNotFoundError in one line."""
-    from safetensors import safe_open
-
-    from worldlab.model.checkpoint import file_hash
+    from worldlab.model.checkpoint import file_hash, read_file
     from worldlab.model.registry import refuse_part
 
     path = pathlib.Path(path) if path is not None else SHIPPED
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
-        raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    meta, tensors = read_file(path)
     refuse_part(path, meta, "a conv model")
     if "conv" not in meta and ("worldlab" in meta or "config" in meta):
         raise ValueError(f"checkpoint {path} holds a tiny transformer, not a conv model: use --model tiny "

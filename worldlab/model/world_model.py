@@ -17,6 +17,7 @@ from worldlab import env
 from worldlab.config import ModelConfig, Toggles
 from worldlab.kernels.kv_cache import KINDS, make_kv_cache
 from worldlab.model import cuda_graphs
+from worldlab.model.streaming import attend_each, check_frames, evict, fill_caches, note_frames
 from worldlab.model.transformer import WorldTransformer, age_values, rotate_tail
 
 
@@ -139,15 +140,10 @@ class TransformerWorldModel:
 
     # -- internals -----------------------------------------------------------------------------
     def _check_frames(self, frames) -> np.ndarray:
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != self.frame_shape or len(frames) < 2:
-            raise ValueError(f"frames must be uint8 (T >= 2, {self.frame_shape}), got {frames.dtype} {frames.shape}")
-        return frames
+        return check_frames(frames, self.frame_shape)
 
     def _evict(self, s: SessionState) -> None:
-        newest = s.next_id - 1
-        for f in [f for f in s.history if f >= self.cfg.sink and newest - f >= self.window]:
-            del s.history[f]
+        evict(s.history, s.next_id - 1, self.cfg.sink, self.window)
 
     @torch.inference_mode()
     def _rebuild(self, s: SessionState) -> None:
@@ -162,10 +158,7 @@ class TransformerWorldModel:
         themes = torch.full_like(acts, env.THEMES.index(s.theme))
         fid = torch.tensor(ids, device=self.device)
         _, kvs = self.net.forward_seq(obs, acts, themes, self.window, frame_ids=fid, return_kv=True)
-        T = self.cfg.tokens_per_frame
-        for c, (k, v) in zip(s.caches, kvs):
-            for j, f in enumerate(ids):
-                c.append_frame(k[:, :, j * T:(j + 1) * T], v[:, :, j * T:(j + 1) * T], frame_id=f)
+        fill_caches(s.caches, kvs, ids, self.cfg.tokens_per_frame)
 
     def _targets(self, states) -> tuple[list[int], list[int]]:
         """Each session's new frame id and the cache slot it will occupy (host ints, decided before the block)."""
@@ -176,9 +169,7 @@ class TransformerWorldModel:
         return torch.tensor(values, dtype=torch.int64, device=self.device)
 
     def _note_frames(self, states) -> None:
-        for s in states:
-            for c in s.caches:
-                c.note_frame(s.next_id)
+        note_frames(states)
 
     def _advance(self, states, inputs: torch.Tensor, act: torch.Tensor, themes: torch.Tensor) -> torch.Tensor:
         """The eager streaming block: next-position logits (B, 3, 2, P), caches written and the frame noted."""
@@ -205,12 +196,7 @@ class TransformerWorldModel:
             q, k, v = blk.split_qkv(x)  # each (B, H, 3, Dh)
             if rot is not None:  # the cache holds values rotated by their frame's clock (as forward_seq's)
                 v = age_values(v, *rot)
-            outs = []
-            for i, s in enumerate(states):
-                cache = s.caches[layer]
-                cache.write_at(k[i:i + 1], v[i:i + 1], slots[i:i + 1], ids[i:i + 1])
-                outs.append(cache.attend_at(q[i:i + 1], ids[i:i + 1], net.slopes))
-            attn = torch.cat(outs)
+            attn = attend_each(states, layer, q, k, v, slots, ids, net.slopes)
             if rot is not None:  # un-rotate by the query frame's clock: each value read is turned by -age
                 attn = rotate_tail(attn, rot[0], -rot[1])
             x = blk.finish(x, attn)

@@ -41,20 +41,12 @@ def _config(cls, values: dict):
 def load(path=None, device="cpu") -> tuple[DoomDynamics, DoomTokenizer, dict, dict, str]:
     """-> (dynamics, tokenizer, calibration, extra, sha256 prefix). One-line errors for a missing, unreadable
     or foreign file (naming what it holds)."""
-    from safetensors import safe_open
-
-    from worldlab.model.checkpoint import file_hash
+    from worldlab.model.checkpoint import file_hash, read_file
     from worldlab.model.registry import checkpoint_holds
 
     path = pathlib.Path(path) if path is not None else SHIPPED
-    if not path.is_file():
-        raise FileNotFoundError(f"no DOOM checkpoint at {path}: train one with "
-                                f"`worldlab train --preset doom --out {path}`")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
-        raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    meta, tensors = read_file(path, f"no DOOM checkpoint (train one with `worldlab train --preset doom --out "
+                                    f"{path}`)")
     if META_KEY not in meta:
         raise ValueError(f"checkpoint {path} holds {checkpoint_holds(meta)}, not a DOOM world model")
     info = json.loads(meta[META_KEY])

@@ -121,18 +121,11 @@ def save(path, net: DoomTokenizer, extra: dict | None = None) -> None:
 
 def load(path=None, device: str = "cpu") -> tuple[DoomTokenizer, dict]:
     """-> (tokenizer in eval mode, extra metadata). One-line ValueError for a file that is not a tokenizer."""
-    from safetensors import safe_open
-
+    from worldlab.model.checkpoint import read_file
     from worldlab.model.registry import checkpoint_holds
 
     path = pathlib.Path(path) if path is not None else SHIPPED
-    if not path.is_file():
-        raise FileNotFoundError(f"DOOM tokenizer checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
-        raise ValueError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    meta, tensors = read_file(path, "DOOM tokenizer checkpoint not found")
     if META_KEY not in meta:
         raise ValueError(f"checkpoint {path} holds {checkpoint_holds(meta)}, not a DOOM tokenizer")
     both = json.loads(meta[META_KEY])

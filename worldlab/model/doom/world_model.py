@@ -18,6 +18,7 @@ from worldlab.config import Toggles
 from worldlab.kernels.kv_cache import KINDS, make_kv_cache
 from worldlab.model.doom.dynamics import DoomDynamics, compose, tokens, upsample
 from worldlab.model.doom.tokenizer import DoomTokenizer, to_frames, to_tensor
+from worldlab.model.streaming import attend_each, check_frames, evict, fill_caches, note_frames
 
 WARP_MODES = ("nearest", "bilinear")
 
@@ -73,7 +74,7 @@ class DoomWorldModel:
 
     @torch.inference_mode()
     def prefill(self, state: DoomState, frames: np.ndarray, actions: Sequence) -> None:
-        frames = self._check_frames(frames)
+        frames = check_frames(frames, self.frame_shape)
         if len(actions) != len(frames) - 1:
             raise ValueError(f"prefill needs len(actions) == len(frames) - 1, got {len(actions)} and {len(frames)}")
         ids = [env.action_id(a) for a in actions]
@@ -122,19 +123,11 @@ class DoomWorldModel:
         return sum(c.kv_bytes() for c in state.caches)
 
     # -- internals -----------------------------------------------------------------------------
-    def _check_frames(self, frames) -> np.ndarray:
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != self.frame_shape or len(frames) < 2:
-            raise ValueError(f"frames must be uint8 (T >= 2, {self.frame_shape}), got {frames.dtype} {frames.shape}")
-        return frames
-
     def _style_ids(self, states) -> torch.Tensor:
         return torch.tensor([doom.STYLES.index(s.style) for s in states], device=self.device)
 
     def _evict(self, s: DoomState) -> None:
-        newest = s.next_id - 1
-        for f in [f for f in s.history if f >= self.cfg.sink and newest - f >= self.window]:
-            del s.history[f]
+        evict(s.history, s.next_id - 1, self.cfg.sink, self.window)
 
     def _rebuild(self, s: DoomState) -> None:
         """Recompute the caches from the stored tokens in one parallel pass (the streaming mask and ages)."""
@@ -148,10 +141,7 @@ class DoomWorldModel:
         styles = torch.full_like(acts, doom.STYLES.index(s.style))
         _, kvs = self.net.forward_seq(z, acts, styles, self.window, frame_ids=torch.tensor(ids, device=self.device),
                                       return_kv=True)
-        T = self.cfg.tokens_per_frame
-        for c, (k, v) in zip(s.caches, kvs):
-            for j, f in enumerate(ids):
-                c.append_frame(k[:, :, j * T:(j + 1) * T], v[:, :, j * T:(j + 1) * T], frame_id=f)
+        fill_caches(s.caches, kvs, ids, self.cfg.tokens_per_frame)
 
     def _advance(self, states, act: torch.Tensor):
         """One block per session (its newest frame's tokens + the held keys): caches written, frame noted ->
@@ -163,15 +153,8 @@ class DoomWorldModel:
         x = net.embed(z[:, None], act[:, None], self._style_ids(states)[:, None])[:, 0]  # (B, T, d)
         for layer, blk in enumerate(net.blocks):
             q, k, v = blk.split_qkv(x)  # each (B, H, T, Dh)
-            outs = []
-            for i, s in enumerate(states):
-                cache = s.caches[layer]
-                cache.write_at(k[i:i + 1], v[i:i + 1], slots[i:i + 1], ids[i:i + 1])
-                outs.append(cache.attend_at(q[i:i + 1], ids[i:i + 1], net.slopes))
-            x = blk.finish(x, torch.cat(outs))
-        for s in states:
-            for c in s.caches:
-                c.note_frame(s.next_id)
+            x = blk.finish(x, attend_each(states, layer, q, k, v, slots, ids, net.slopes))
+        note_frames(states)
         return net.heads(x)
 
     def _render(self, states, flow, keep, znew) -> torch.Tensor:
