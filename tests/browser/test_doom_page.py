@@ -1,6 +1,6 @@
-"""`worldlab serve --model doom-engine` in real headless Chromium: the real game plays in the page, holding
-ArrowLeft for 1 s turns the view left and ArrowRight turns it back (judged on the page's own frames by the
-same phase-correlation check as eval), and a style prompt recolours it."""
+"""`worldlab serve --model doom-engine|doom` in real headless Chromium: the real game and the learned model play
+in the page, holding ArrowLeft for 1 s turns the view left and ArrowRight turns it back (judged on the page's
+own frames by the same phase-correlation check as eval), and a style prompt recolours it."""
 
 import sys
 
@@ -13,17 +13,21 @@ pytest.importorskip("vizdoom", reason="the DOOM world needs the vizdoom wheel (a
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
 
 from worldlab import doom, fidelity  # noqa: E402
+from worldlab.model.doom.checkpoint import SHIPPED  # noqa: E402
 
 H, W = doom.FRAME_SHAPE[:2]
 
 
-@pytest.fixture(scope="module")
-def doom_server(tmp_path_factory):
+SHIPPED_DOOM = pytest.mark.skipif(not SHIPPED.is_file(), reason=f"no shipped DOOM checkpoint at {SHIPPED}")
+
+
+@pytest.fixture(scope="module", params=["doom-engine", pytest.param("doom", marks=SHIPPED_DOOM)])
+def doom_server(request, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--port", str(port), "--model", "doom-engine"]
+    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--port", str(port), "--model", request.param]
     with running(argv, port, str(log)):
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", request.param
 
 
 def hold_and_sample(page, key: str, seconds: float = 1.0, every_ms: int = 100) -> list[np.ndarray]:
@@ -41,20 +45,21 @@ def shifts(frames) -> np.ndarray:
     return np.array([fidelity.horizontal_shift(a, b) for a, b in zip(frames, frames[1:])])
 
 
-def test_holding_left_turns_the_real_game_left_in_the_page(doom_server, tmp_path):
+def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    base, model = doom_server
     with sync_playwright() as pw, chromium_browser(pw) as ctx:
         page = ctx.new_page()
-        page.goto(doom_server + "/")
+        page.goto(base + "/")
         page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked "
                                "&& window.worldlab.stats().frames > 30", timeout=30000)
         page.locator("body").click()
         page.wait_for_timeout(300)  # the explorer's momentum from the prefill settles
         left = shifts(hold_and_sample(page, "ArrowLeft"))
-        page.locator("#video").screenshot(path=str(evidence_path(tmp_path, "doom", "served-page-after-1s-left.png")))
+        page.locator("#video").screenshot(path=str(evidence_path(tmp_path, model, "served-page-after-1s-left.png")))
         right = shifts(hold_and_sample(page, "ArrowRight"))
-        print(f"page shifts per 100 ms: left {np.round(left, 1)}, right {np.round(right, 1)}")
+        print(f"{model}: page shifts per 100 ms: left {np.round(left, 1)}, right {np.round(right, 1)}")
         # Turning left slides the picture right (positive shift): ~3 frames x 3.6 px per sample at 30 fps, 0 for
         # a sample that caught no new frame (a busy CI machine); never the wrong way.
         assert (left < -1).sum() == 0 and (left > 1).sum() >= 5 and left.sum() > 25, left
@@ -65,5 +70,5 @@ def test_holding_left_turns_the_real_game_left_in_the_page(doom_server, tmp_path
         page.wait_for_function("window.worldlab.stats().switch_ms !== null", timeout=10000)
         page.wait_for_timeout(400)
         red = video_pixels(page, "#video", W, H).reshape(-1, 3).mean(0)
-        page.locator("#video").screenshot(path=str(evidence_path(tmp_path, "doom", "served-page-hell.png")))
+        page.locator("#video").screenshot(path=str(evidence_path(tmp_path, model, "served-page-hell.png")))
         assert red[0] > 1.8 * red[1] and red[0] > 1.8 * red[2], red  # the hell style is red
