@@ -134,3 +134,15 @@ def test_the_real_game_replays_the_episode_whose_context_it_is_given():
     out = engine.step([state] * 1, [actions[7]])
     assert np.array_equal(out[0], frames[8])
     assert doom.origin_of(frames[0]) == ("my_way_home", 100_003) and doom.origin_of(frames[5]) is None
+
+
+def test_the_doom_commands_say_in_one_line_when_vizdoom_is_missing():
+    code = ("import sys; sys.modules['vizdoom'] = None\n"
+            "from worldlab.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    for argv in (["eval", "--model", "doom-engine", "--steps", "4"],
+                 ["train", "--preset", "doom", "--out", "/tmp/never.safetensors"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        err = out.stderr.strip().splitlines()
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert len(err) == 1 and "needs the vizdoom package" in err[0], out.stderr
