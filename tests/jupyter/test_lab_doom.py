@@ -19,8 +19,25 @@ VIDEO = ".worldlab-player video"
 
 @pytest.fixture(scope="module")
 def doom_lab(tmp_path_factory):
-    with jupyter_lab_on_quickstart(tmp_path_factory.mktemp("lab"), TOKEN, "doom-engine") as base:
-        yield base
+    import time
+
+    started = time.time()
+    try:
+        with jupyter_lab_on_quickstart(tmp_path_factory.mktemp("lab"), TOKEN, "doom-engine") as base:
+            yield base
+    finally:
+        _kill_orphaned_games(started)
+
+
+def _kill_orphaned_games(since: float) -> None:
+    """The game's engine is a child process of the kernel; when the server stops, the kernel is killed before
+    it can close its games, and the engines (reparented to init) would outlive the test: stop them."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "ppid", "create_time"]):
+        info = proc.info
+        if info["name"] == "vizdoom" and info["ppid"] == 1 and info["create_time"] >= since - 1:
+            proc.kill()
 
 
 def _shifts_while_held(page, key: str, samples: int = 9, every_ms: int = 100) -> np.ndarray:
