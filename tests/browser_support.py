@@ -37,6 +37,23 @@ def video_pixels(page, selector: str, size: int = 64, height: int | None = None)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+def shifts_while_held(page, video: str, key: str, shape, samples: int = 9, every_ms: int = 100):
+    """Hold `key` and read the `video`'s picture at the model's frame `shape` (H, W) every `every_ms`; ->
+    (samples - 1,) horizontal shifts between consecutive readings (worldlab.fidelity: + = content moved right,
+    what a DOOM left turn does)."""
+    import numpy as np
+
+    from worldlab import fidelity
+
+    page.keyboard.down(key)
+    frames = []
+    for _ in range(samples):
+        page.wait_for_timeout(every_ms)
+        frames.append(video_pixels(page, video, shape[1], shape[0]))
+    page.keyboard.up(key)
+    return np.array([fidelity.horizontal_shift(a, b) for a, b in zip(frames, frames[1:])])
+
+
 # The models the key-hold tests run on: the environment itself (proves the check), the micro checkpoint this
 # session trains (the real model path; barely trained, so only what any real model must do is asserted) and
 # the shipped tiny checkpoint (strict; select it with -m shipped_tiny or -k tiny).

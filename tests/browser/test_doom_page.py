@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, evidence_path, free_port, have_chromium, running, video_pixels
+from tests.browser_support import (chromium_browser, evidence_path, free_port, have_chromium, running,
+                                   shifts_while_held, video_pixels)
 
 pytest.importorskip("vizdoom", reason="the DOOM world needs the vizdoom wheel (a declared dependency)")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
 
-from worldlab import doom, fidelity  # noqa: E402
+from worldlab import doom  # noqa: E402
 from worldlab.model.doom.checkpoint import SHIPPED  # noqa: E402
 
 H, W = doom.FRAME_SHAPE[:2]
@@ -36,21 +37,6 @@ def doom_server(request, tmp_path_factory):
         yield f"http://127.0.0.1:{port}", request.param
 
 
-def hold_and_sample(page, key: str, seconds: float = 1.0, every_ms: int = 100) -> list[np.ndarray]:
-    """The page's frames (at the model's 48x64) sampled every `every_ms` while `key` is held."""
-    page.keyboard.down(key)
-    frames = []
-    for _ in range(int(seconds * 1000 / every_ms)):
-        page.wait_for_timeout(every_ms)
-        frames.append(video_pixels(page, "#video", W, H))
-    page.keyboard.up(key)
-    return frames
-
-
-def shifts(frames) -> np.ndarray:
-    return np.array([fidelity.horizontal_shift(a, b) for a, b in zip(frames, frames[1:])])
-
-
 def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -62,9 +48,9 @@ def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path):
                                "&& window.worldlab.stats().frames > 30", timeout=30000)
         page.locator("body").click()
         page.wait_for_timeout(300)  # the explorer's momentum from the prefill settles
-        left = shifts(hold_and_sample(page, "ArrowLeft"))
+        left = shifts_while_held(page, "#video", "ArrowLeft", (H, W), samples=10)
         page.locator("#video").screenshot(path=str(evidence_path(tmp_path, model, "served-page-after-1s-left.png")))
-        right = shifts(hold_and_sample(page, "ArrowRight"))
+        right = shifts_while_held(page, "#video", "ArrowRight", (H, W), samples=10)
         print(f"{model}: page shifts per 100 ms: left {np.round(left, 1)}, right {np.round(right, 1)}")
         # Turning left slides the picture right (positive shift): ~3 frames x 3.6 px per sample at 30 fps, 0 for
         # a sample that caught no new frame (a busy CI machine); never the wrong way.

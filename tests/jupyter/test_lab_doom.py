@@ -5,13 +5,14 @@ widget's own 48x64 frames by eval's phase-correlation check; a screenshot is kep
 import numpy as np
 import pytest
 
-from tests.browser_support import chromium_browser, evidence_path, have_chromium, jupyter_lab_on_quickstart, video_pixels
+from tests.browser_support import (chromium_browser, evidence_path, have_chromium, jupyter_lab_on_quickstart,
+                                   shifts_while_held)
 from tests.jupyter.test_lab_player import PLAYER, STATS, TOKEN, open_player, output_with
 
 pytest.importorskip("vizdoom", reason="the DOOM world needs the vizdoom wheel (a declared dependency)")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
 
-from worldlab import doom, fidelity  # noqa: E402
+from worldlab import doom  # noqa: E402
 
 H, W = doom.FRAME_SHAPE[:2]
 VIDEO = ".worldlab-player video"
@@ -40,16 +41,6 @@ def _kill_orphaned_games(since: float) -> None:
             proc.kill()
 
 
-def _shifts_while_held(page, key: str, samples: int = 9, every_ms: int = 100) -> np.ndarray:
-    page.keyboard.down(key)
-    frames = []
-    for _ in range(samples):
-        page.wait_for_timeout(every_ms)
-        frames.append(video_pixels(page, VIDEO, W, H))
-    page.keyboard.up(key)
-    return np.array([fidelity.horizontal_shift(a, b) for a, b in zip(frames, frames[1:])])
-
-
 def test_holding_left_turns_the_game_left_in_the_widget(doom_lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -60,9 +51,9 @@ def test_holding_left_turns_the_game_left_in_the_widget(doom_lab, tmp_path):
         page.wait_for_function(f"{STATS}.rtp_locked", timeout=10000)
         page.click(".worldlab-player .wl-stage")
         page.wait_for_timeout(300)
-        left = _shifts_while_held(page, "ArrowLeft")
+        left = shifts_while_held(page, VIDEO, "ArrowLeft", (H, W))
         page.locator(VIDEO).screenshot(path=str(evidence_path(tmp_path, "doom-engine", "widget-after-1s-left.png")))
-        right = _shifts_while_held(page, "ArrowRight")
+        right = shifts_while_held(page, VIDEO, "ArrowRight", (H, W))
         print(f"widget shifts per 100 ms: left {np.round(left, 1)}, right {np.round(right, 1)}")
         # Left turns slide the picture right (+), ~3 frames x 3.6 px a sample; a sample that caught no new frame
         # reads ~0, and one over a textureless stretch of wall can misread by a few px, never by a turn's worth.

@@ -56,6 +56,15 @@ class Explorer:
         return self._plan.pop(0)
 
 
+def context(map: str, prompt: str, seed: int, n: int) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """A session's prefill on `map`: n true frames of the seeded explorer in the prompt's style and the n - 1
+    keys between them (what `model.context` returns for the DOOM models)."""
+    from worldlab.doom.styles import style_for_prompt
+
+    frames, actions, _poses = explore(map, seed, n - 1, style_for_prompt(prompt))
+    return frames, actions
+
+
 def explore(map: str, seed: int, steps: int, style: str = "normal") -> tuple[np.ndarray, list[tuple[str, ...]], np.ndarray]:
     """An explorer episode: frames (steps + 1, 48, 64, 3), the keys between them, poses (steps + 1, 3)."""
     world, explorer = DoomWorld(map, seed, style), Explorer(seed)

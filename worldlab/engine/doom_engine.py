@@ -38,8 +38,7 @@ class DoomEngine:
     def context(self, prompt: str, seed: int, n: int) -> tuple[np.ndarray, list]:
         """n ground-truth frames of this map under the explorer and the n - 1 keys between them (a session's
         prefill; worldlab.model.start_session uses it instead of the sprite world's)."""
-        frames, actions, _poses = doom.explore(self.map, seed, n - 1, doom.style_for_prompt(prompt))
-        return frames, actions
+        return doom.context(self.map, prompt, seed, n)
 
     def prefill(self, state: DoomEngineState, frames: np.ndarray, actions: Sequence) -> None:
         """Replay the keys from the episode the first frame starts (known when a DoomWorld here started it, as

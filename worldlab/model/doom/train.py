@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from worldlab.doom import STYLES
 from worldlab.model.doom import data as dd
 from worldlab.model.doom.checkpoint import save
 from worldlab.model.doom.dynamics import DoomConfig, DoomDynamics, compose, tokens, upsample
 from worldlab.model.doom.tokenizer import load as load_tokenizer
+from worldlab.model.doom.train_tokenizer import gradient_l1_per_frame
 from worldlab.model.quantize import calibrate
 
 TRAIN_EPISODES = 64  # explorer episodes of 300 steps on training seeds 0..63 (~19k frames, ~15 s to generate)
@@ -47,13 +47,6 @@ def batch(eps: dd.Episodes, rng: np.random.Generator, cfg: DoomConfig):
     return x, torch.from_numpy(acts), styles, torch.from_numpy(mask)
 
 
-def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N,) mean L1 between horizontal and vertical image gradients."""
-    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
-    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
-    return (dx(a) - dx(b)).abs().mean((1, 2, 3)) + (dy(a) - dy(b)).abs().mean((1, 2, 3))
-
-
 def predict(net, tok, inputs: torch.Tensor, acts, styles, window: int):
     """inputs (B, F, 3, H, W) -> predicted next frames (B, F, 3, H, W), keep maps (B, F, 1, H, W) (bilinear
     warps), the new latents (B, F, T, C) and the inputs' own tokens (B, F, T, C).
@@ -75,7 +68,7 @@ def loss_of(pred, keep, znew, target, target_z, mask, cfg: DoomConfig) -> torch.
     """Masked mean over targets of: L1 on pixels + L1 on image gradients + the price of not keeping warped
     pixels + MSE of the new latent against the target frame's tokens."""
     per = ((pred - target).abs().mean((2, 3, 4))
-           + cfg.grad_weight * _grad_l1(pred.flatten(0, 1), target.flatten(0, 1)).view(mask.shape)
+           + cfg.grad_weight * gradient_l1_per_frame(pred.flatten(0, 1), target.flatten(0, 1)).view(mask.shape)
            + cfg.reveal_weight * (1 - keep).mean((2, 3, 4))
            + cfg.latent_weight * (znew - target_z).pow(2).mean((2, 3)))
     return (per * mask).sum() / mask.sum().clamp(min=1)

@@ -45,11 +45,16 @@ class TrainConfig:
     eval_steps: int = 60
 
 
+def gradient_l1_per_frame(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N,): mean L1 between horizontal and between vertical finite differences, per frame."""
+    dx = lambda x: x[..., :, 1:] - x[..., :, :-1]  # noqa: E731
+    dy = lambda x: x[..., 1:, :] - x[..., :-1, :]  # noqa: E731
+    return (dx(pred) - dx(truth)).abs().mean((1, 2, 3)) + (dy(pred) - dy(truth)).abs().mean((1, 2, 3))
+
+
 def gradient_l1(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """L1 between horizontal and vertical finite differences of (B, 3, H, W) images."""
-    dx = lambda x: x[..., :, 1:] - x[..., :, :-1]
-    dy = lambda x: x[..., 1:, :] - x[..., :-1, :]
-    return F.l1_loss(dx(pred), dx(truth)) + F.l1_loss(dy(pred), dy(truth))
+    """L1 between horizontal and vertical finite differences of (B, 3, H, W) images (the batch mean)."""
+    return gradient_l1_per_frame(pred, truth).mean()
 
 
 _LAPLACE = torch.tensor([[0.0, -1, 0], [-1, 4, -1], [0, -1, 0]])[None, None]  # (1, 1, 3, 3)

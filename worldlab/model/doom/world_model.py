@@ -69,8 +69,7 @@ class DoomWorldModel:
 
     def context(self, prompt: str, seed: int, n: int) -> tuple[np.ndarray, list]:
         """n true frames of the map under the explorer (seeded) and the keys between them: a session's prefill."""
-        frames, actions, _poses = doom.explore(self.map, seed, n - 1, doom.style_for_prompt(prompt))
-        return frames, actions
+        return doom.context(self.map, prompt, seed, n)
 
     @torch.inference_mode()
     def prefill(self, state: DoomState, frames: np.ndarray, actions: Sequence) -> None:
