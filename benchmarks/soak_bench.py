@@ -69,7 +69,8 @@ def summarize(samples: list[dict]) -> dict:
 
 def measure(sessions: int = 4, minutes: float = 10.0, model: str = "tiny", sample_s: float = 10.0) -> dict:
     with tempfile.TemporaryDirectory() as work, serving(work, model=model) as (base, proc):
-        out = asyncio.run(soak(int(base.rsplit(":", 1)[1]), proc, sessions, minutes * 60, sample_s))
+        run = soak(int(base.rsplit(":", 1)[1]), proc, sessions, minutes * 60, sample_s)
+        out = asyncio.run(asyncio.wait_for(run, minutes * 60 + 120))  # set-up and close are bounded too
     return {"sessions": sessions, "minutes": minutes, "model": model, **out}
 
 

@@ -146,3 +146,31 @@ def test_the_doom_commands_say_in_one_line_when_vizdoom_is_missing():
         err = out.stderr.strip().splitlines()
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
         assert len(err) == 1 and "needs the vizdoom package" in err[0], out.stderr
+
+
+def test_a_killed_owner_takes_its_game_engines_with_it():
+    """A Jupyter kernel or a server killed with SIGKILL cannot close its games; the reaper stops the engines."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from worldlab.doom import DoomWorld; w = DoomWorld(); print(sorted(w._engines), flush=True); "
+            "import time; time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    engines = eval(owner.stdout.readline())
+    assert len(engines) == 1 and _running(engines[0])
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 5
+    while _running(engines[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(engines[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

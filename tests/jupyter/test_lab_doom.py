@@ -23,22 +23,30 @@ def doom_lab(tmp_path_factory):
     import time
 
     started = time.time()
-    try:
-        with jupyter_lab_on_quickstart(tmp_path_factory.mktemp("lab"), TOKEN, "doom-engine") as base:
-            yield base
-    finally:
-        _kill_orphaned_games(started)
+    with jupyter_lab_on_quickstart(tmp_path_factory.mktemp("lab"), TOKEN, "doom-engine") as base:
+        yield base
+    leftover = _orphaned_games(started, grace_s=5.0)
+    for proc in leftover:
+        proc.kill()
+    assert not leftover, "the killed kernel's game engines outlived it (worldlab.doom.reaper)"
 
 
-def _kill_orphaned_games(since: float) -> None:
-    """The game's engine is a child process of the kernel; when the server stops, the kernel is killed before
-    it can close its games, and the engines (reparented to init) would outlive the test: stop them."""
+def _orphaned_games(since: float, grace_s: float) -> list:
+    """Game engines started since `since` that are not this process's: the kernel's, which is gone by now, so
+    its reaper must stop them within `grace_s`."""
+    import os
+    import time
+
     import psutil
 
-    for proc in psutil.process_iter(["name", "ppid", "create_time"]):
-        info = proc.info
-        if info["name"] == "vizdoom" and info["ppid"] == 1 and info["create_time"] >= since - 1:
-            proc.kill()
+    deadline = time.monotonic() + grace_s
+    while True:
+        found = [p for p in psutil.process_iter(["name", "ppid", "create_time", "status"])
+                 if p.info["name"] == "vizdoom" and p.info["ppid"] != os.getpid()
+                 and p.info["create_time"] >= since - 1 and p.info["status"] != psutil.STATUS_ZOMBIE]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def test_holding_left_turns_the_game_left_in_the_widget(doom_lab, tmp_path):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from worldlab.doom import reaper
 from worldlab.doom.styles import DEFAULT_STYLE, apply_style, check_style
 from worldlab.env import normalize_keys
 
@@ -29,6 +31,7 @@ MAPS = SCENARIOS + LEVELS
 
 _ORIGINS: OrderedDict = OrderedDict()  # sha1 of a reset frame -> (map, seed) of the episode it starts
 _ORIGINS_KEPT = 4096
+_SPAWN = threading.Lock()  # one game starting at a time, so the engine child that appears is this game's
 
 
 def _frame_key(frame: np.ndarray) -> str:
@@ -126,7 +129,12 @@ class DoomWorld:
                                            vzd.GameVariable.ANGLE])
         game.set_episode_timeout(10**9)
         game.set_mode(vzd.Mode.PLAYER)
-        game.init()
+        with _SPAWN:
+            before = reaper.game_children()
+            game.init()
+            self._engines = reaper.game_children() - before
+        for pid in self._engines:
+            reaper.watch(pid)
         return game
 
     def set_style(self, style: str) -> None:
@@ -176,6 +184,8 @@ class DoomWorld:
         game, self._game = getattr(self, "_game", None), None
         if game is not None:
             game.close()
+            for pid in self._engines:
+                reaper.forget(pid)
 
     def __del__(self):
         try:
