@@ -14,7 +14,7 @@ from benchmarks.browser import free_port, running
 
 
 @contextlib.contextmanager
-def serving(workdir: str, model: str = "oracle", config: dict | None = None):
+def serving(workdir: str, model: str = "oracle", config: dict | None = None, extra_args=()):
     args = []
     if config is not None:
         cfg_path = os.path.join(workdir, "serve-config.json")
@@ -23,7 +23,7 @@ def serving(workdir: str, model: str = "oracle", config: dict | None = None):
         args = ["--config", cfg_path]
     port = free_port()
     argv = [sys.executable, "-m", "worldlab.cli", "serve", "--model", model, "--port", str(port), "--no-triage",
-            "--records", os.path.join(workdir, "records"), *args]
+            "--records", os.path.join(workdir, "records"), *args, *extra_args]
     env = {**os.environ, "XDG_CONFIG_HOME": workdir}
     with running(argv, port, os.path.join(workdir, "serve.log"), env=env, timeout=120.0) as proc:
         yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.browser import chromium_browser, free_port, running  # noqa: E402
 from worldlab.engine.metrics import percentiles  # noqa: E402
+from worldlab.transport.client import local_peer_connection
 
 BUDGET = {"capture_ms": "20-40", "model_ms": "16-33", "encode_ms": "8-20", "network_ms": "60-120",
           "decode_ms": "20-40", "g2g_ms": "< 400"}
@@ -212,9 +213,9 @@ def jpeg_run(pw, model_name: str, seconds: float) -> dict:
 
 async def _client(base: str, frames: list, stop: asyncio.Event):
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCSessionDescription
 
-    pc = RTCPeerConnection()
+    pc = local_peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     pc.createDataChannel("ctl")
 

@@ -28,9 +28,10 @@ def private_config_dir(tmp_path_factory):
 def micro_ckpt(tmp_path_factory):
     """A micro model trained once per test session (seconds): the real model path, end to end."""
     from worldlab.config import preset
+    from worldlab.threads import for_training
     from worldlab.train import train
 
-    torch.set_num_threads(2)
+    for_training()  # two threads beside a busy process stall every op (issue 26): the free cores only
     path = tmp_path_factory.mktemp("ckpt") / "micro.safetensors"
     summary = train(preset("micro"), path, progress=False, log_every=1)
     return path, summary

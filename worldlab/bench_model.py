@@ -12,13 +12,9 @@ import numpy as np
 import torch
 
 from worldlab import env
+from worldlab.engine.metrics import percentiles
 from worldlab.model import start_session
 from worldlab.model.protocol import describe
-
-
-def _percentiles(ms: list[float]) -> dict:
-    a = np.array(ms)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99))}
 
 
 def bench(model, *, steps=300, batches=(1, 4, 8)) -> dict:
@@ -40,7 +36,7 @@ def bench(model, *, steps=300, batches=(1, 4, 8)) -> dict:
         model.recache(s, prompt)
         model.step([s], [actions[i]])
         switch.append((time.perf_counter() - t0) * 1000)
-    pct = _percentiles(ms)
+    pct = percentiles(ms)
     batch_fps, ratio = {}, {}
     n = max(20, steps // 5)
     for B in batches:

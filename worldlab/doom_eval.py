@@ -38,6 +38,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from worldlab import doom
+from worldlab.engine.metrics import percentile
 from worldlab.fidelity import (SHARP_MIN, bootstrap_ci, bootstrap_pooled_psnr, capped_psnr, exact_share,
                                horizontal_shift, is_sharp, luminance, mean_frame, mse, persistence_mask,
                                persistence_psnr, pooled_psnr, sharpness_ratio, ssim_per_frame, turn_agreement,
@@ -502,12 +503,12 @@ def evaluate(model, seeds=DEFAULT_SEEDS, steps: int = DEFAULT_STEPS, prompt: str
     wr = {k: _stack(v) for k, v in parts["wr"].items()}
     scored = score(eps, stacked["tf"], stacked["ro"], stacked["cf"], stacked["sw"], wr, steps)
     figs = scored["figures"]
-    p50 = float(np.percentile(ms, 50))
+    p50 = percentile(ms, 50)
     res = {"world": "doom", "map": map, "prompt": prompt, "style": eps[0].style,
            "switch_to": switch_style(eps[0].style), "seeds": [int(s) for s in seeds], "steps": int(steps),
            **figs["model"], "baselines": {b: figs[b] for b in BASELINES}, "truth": scored["truth"],
            "targets": evaluate_targets(figs, scored["truth"], p50),
-           "kv_bytes": int(max(kv)), "model_ms_p50": p50, "model_ms_p95": float(np.percentile(ms, 95)),
+           "kv_bytes": int(max(kv)), "model_ms_p50": p50, "model_ms_p95": percentile(ms, 95),
            "config": describe(model)}
     if gallery_path is not None:
         from worldlab import gallery

@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from worldlab import env, gallery
+from worldlab.engine.metrics import percentile
 from worldlab.fidelity import (bootstrap_ci, bootstrap_pooled_psnr, bootstrap_psnr_gap, copy_last_baseline,
                                exact_share, histogram_distance, is_sharp, mean_frame, mean_frame_baseline,
                                persistence_psnr, sharpness_ratio, ssim_per_frame)
@@ -333,8 +334,8 @@ def evaluate_runs(model, seeds, steps: int, gallery_path=None) -> tuple[dict, li
         "switch_ms": float(np.median([s["recache_ms"] for s in switches])),
         **_collapse(runs, seeds),
         "kv_bytes": int(runs[0]["kv_bytes"]),
-        "model_ms_p50": float(np.percentile(ms, 50)),
-        "model_ms_p95": float(np.percentile(ms, 95)),
+        "model_ms_p50": percentile(ms, 50),
+        "model_ms_p95": percentile(ms, 95),
         "steps": int(steps), "seeds": seeds,
         "config": describe(model),
     }

@@ -7,6 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
+from worldlab.transport.client import local_peer_connection
+
 from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, have_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -85,7 +87,7 @@ def packet_track():
 
 @pytest.mark.timeout(120)
 async def test_chromium_decodes_av1_sent_by_aiortc():
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCSessionDescription
     from playwright.async_api import async_playwright
 
     from worldlab.transport import av1
@@ -93,7 +95,7 @@ async def test_chromium_decodes_av1_sent_by_aiortc():
     av1.register()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        pc = RTCPeerConnection()
+        pc = local_peer_connection()
         try:
             page = await browser.new_page()
             await page.set_content("<video id=v autoplay muted playsinline></video>")

@@ -31,9 +31,10 @@ def micro_age_ckpt(tmp_path_factory):
     """A micro model with Fourier coordinates and value-age rotation on (a few steps: only the paths matter)."""
     import dataclasses
 
+    from worldlab.threads import for_training
     from worldlab.train import train
 
-    torch.set_num_threads(2)
+    for_training()
     cfg = dataclasses.replace(preset("micro"), coord_fourier=(64, 16, 4), value_age_periods=(64, 16, 8, 4),
                               hide_objects=0.5)
     path = tmp_path_factory.mktemp("ckpt") / "micro_age.safetensors"

@@ -8,13 +8,13 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCPeerConnection
 
 from worldlab.config import SessionConfig
 from worldlab.engine.oracle import EnvOracle
 from worldlab.security.tokens import Keyring
 from worldlab.server import build_app
 from worldlab.server.app import HUB
+from worldlab.transport.client import local_peer_connection
 
 pytestmark = pytest.mark.timeout(120)
 BAD_SDP = "v=0\r\nthis is not sdp"  # gets past every check before negotiation, then 400 bad_sdp
@@ -73,7 +73,7 @@ async def test_a_valid_player_token_gets_past_auth_and_names_the_room(ring):
     async with serving(ring) as c:
         assert await code_of(c, offer(token)) == (400, "bad_sdp")  # auth passed; negotiation refused
         assert await code_of(c, offer(token, room=None)) == (400, "room_required")
-        pc = RTCPeerConnection()
+        pc = local_peer_connection()
         pc.addTransceiver("video", direction="recvonly")
         pc.createDataChannel("ctl")
         await pc.setLocalDescription(await pc.createOffer())

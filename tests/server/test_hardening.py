@@ -11,12 +11,12 @@ from unittest import mock
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
-from aiortc import RTCPeerConnection
 
 from worldlab.config import SessionConfig
 from worldlab.engine.oracle import EnvOracle
 from worldlab.server import build_app
 from worldlab.server.app import HUB, AccessLogger, metrics
+from worldlab.transport.client import local_peer_connection
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,7 @@ async def serving(config=None, **kw):
 
 @contextlib.asynccontextmanager
 async def client_offer():
-    pc = RTCPeerConnection()
+    pc = local_peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     pc.createDataChannel("ctl")
     await pc.setLocalDescription(await pc.createOffer())

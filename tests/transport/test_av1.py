@@ -9,7 +9,7 @@ import random
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc import RTCRtpSender
 from aiortc.codecs.vpx import PACKET_MAX
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
@@ -17,6 +17,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from worldlab.transport import av1
 from worldlab.transport.encoder import TIME_BASE, RoomEncoder
+from worldlab.transport.client import local_peer_connection
 
 MTU = PACKET_MAX
 
@@ -288,7 +289,7 @@ class Av1PacketTrack(MediaStreamTrack):
 async def test_aiortc_loopback_streams_av1():
     av1.register()
     color = (40, 160, 220)
-    sender_pc, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
+    sender_pc, receiver_pc = local_peer_connection(), local_peer_connection()
     try:
         track = Av1PacketTrack(color)
         transceiver = sender_pc.addTransceiver(track, direction="sendonly")

@@ -9,13 +9,13 @@ import re
 import threading
 
 import pytest
-from aiortc import RTCPeerConnection
 
 from worldlab.config import SessionConfig
 from worldlab.engine import Scheduler
 from worldlab.engine.oracle import EnvOracle
 from worldlab.transport.peer import PeerHub
 from worldlab.transport.rooms import OfferError
+from worldlab.transport.client import local_peer_connection
 
 from tests.transport.test_inprocess import Client
 
@@ -41,7 +41,7 @@ async def hub_on(model=None, **hub_kw):
 async def offer_sdp(*, candidates=True, end_of_candidates=True):
     """An offer as a browser would send it; without end-of-candidates it is a trickle offer whose
     candidates never come (Chrome puts no a=end-of-candidates in its SDP)."""
-    pc = RTCPeerConnection()
+    pc = local_peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     pc.createDataChannel("ctl")
     await pc.setLocalDescription(await pc.createOffer())

@@ -47,10 +47,9 @@ def threads_arg(text: str) -> int:
     """argparse type for --threads: an integer >= 1 (argparse turns the error into one usage line)."""
     import argparse
 
+    from worldlab.threads import check
+
     try:
-        n = int(text)
+        return check(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None

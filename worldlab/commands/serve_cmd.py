@@ -26,8 +26,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     add_model_arguments(p)
-    p.add_argument("--threads", type=threads_arg, default=1,
-                   help="torch CPU threads for the model (default 1: one core models, one encodes and serves)")
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="torch CPU threads for the model runner (default 1: one core models, one encodes and "
+                        "serves; more than the cores stalls every step when the CPU is busy; worldlab.threads)")
     # The limits below default to None: unset, the --config file (or SessionConfig) decides; set, they win.
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON file of SessionConfig fields (limits, timeouts, rates); the flags below "
@@ -229,11 +230,14 @@ def check_args(args) -> SessionConfig:
 
 
 def build_model(args):
-    import torch
+    import sys
 
-    from worldlab import commands
+    from worldlab import commands, threads
 
-    torch.set_num_threads(args.threads)
+    n, warning = threads.server_threads(args.threads, runners=1)  # one Scheduler runner serves the model
+    if warning:
+        print(f"worldlab serve: warning: {warning}", file=sys.stderr, flush=True)
+    threads.for_inference(n)
     return commands.build_model(args)
 
 

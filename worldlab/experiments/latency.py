@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from worldlab.config import SessionConfig, Toggles
+from worldlab.engine.metrics import percentile
 from worldlab.experiments.provenance import now, provenance
 from worldlab.model.registry import resolve
 from worldlab.transport.protocol import QUALITY
@@ -154,9 +155,9 @@ class _Probe:
     """An aiortc client that records every message, received frame and decode with its arrival time."""
 
     def __init__(self):
-        from aiortc import RTCPeerConnection
+        from worldlab.transport.client import local_peer_connection
 
-        self.pc = RTCPeerConnection()
+        self.pc = local_peer_connection()
         self.pc.addTransceiver("video", direction="recvonly")
         self.ch = self.pc.createDataChannel("ctl", ordered=True)
         self.opened = asyncio.Event()
@@ -377,7 +378,7 @@ def _dataset(rec: dict, probe: _Probe, fps_target: float) -> xr.Dataset:
     for stage in (*STAGES, "transit_ms"):
         v = ds[stage].values[np.isfinite(ds[stage].values)]
         for q in QUANTILES:
-            ds[f"{stage}_p{q}"] = float(np.percentile(v, q)) if len(v) else float("nan")
+            ds[f"{stage}_p{q}"] = percentile(v, q) if len(v) else float("nan")
         ds[stage].attrs["units"] = "ms"
     ds["transit_ms"].attrs.update(units="ms", long_name="encode done -> decoded at the client (packetize, "
                                   "network, receive jitter buffer, decode)")

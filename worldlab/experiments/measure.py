@@ -13,6 +13,7 @@ import psutil
 import xarray as xr
 
 from worldlab.config import SessionConfig, Toggles
+from worldlab.engine.metrics import percentile
 from worldlab.evaluate import PSNR_CAP, capped_psnr, evaluate_runs
 from worldlab.experiments.provenance import now, provenance
 from worldlab.transport.encoder import RoomEncoder
@@ -76,7 +77,7 @@ def eval_dataset(res: dict, runs: list[dict], toggles: Toggles, model, *, checkp
     ds["rss_bytes"] = int(psutil.Process().memory_info().rss)
     ds["fps_target"] = float(fps_target)
     if encode:
-        ds["encode_ms_p50"] = float(np.percentile(ds["encode_ms"], 50))
+        ds["encode_ms_p50"] = percentile(ds["encode_ms"], 50)
         ds["bytes_per_frame"] = float(ds["frame_bytes"].mean())
         ds["bitrate_kbps"] = float(ds["frame_bytes"].mean()) * fps_target * 8 / 1000
     described = describe(model)

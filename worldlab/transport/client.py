@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from worldlab.transport import av1
 
 av1.register()  # so a Python client can receive an AV1 room too
+
+
+def local_peer_connection() -> RTCPeerConnection:
+    """A peer connection without STUN servers: aiortc's default (stun.l.google.com) costs a DNS lookup and a
+    STUN exchange per connection, which stall or fail on a machine without internet; the servers our clients,
+    benchmarks and tests talk to are reachable directly."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
 class PeerClient:
@@ -18,7 +25,7 @@ class PeerClient:
     also offers to receive the sound track: its decoded av.AudioFrame-s collect in `audio_frames`."""
 
     def __init__(self, keep_frames: bool = True, audio: bool = False):
-        self.pc = RTCPeerConnection()
+        self.pc = local_peer_connection()
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")

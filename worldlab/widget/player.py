@@ -144,7 +144,8 @@ class Player(anywidget.AnyWidget):
 
     model_or_session: a WorldModel, or what `--model` takes (a name from `worldlab models`, a checkpoint file,
     module:factory); device: auto | cpu | cuda[:N] for a named model and its toggle variants.
-    threads: None leaves torch's (process-wide) thread count alone; an int sets it for the whole kernel."""
+    threads: torch's (process-wide) thread count for the whole kernel; None: worldlab.threads' rule for model
+    steps (1: a step gains nothing from more threads and stalls whenever the laptop is busy)."""
 
     _esm = (STATIC / "player.js").read_text() + "\n" + (HERE / "widget.js").read_text()
     _css = (HERE / "widget.css").read_text()
@@ -162,10 +163,9 @@ class Player(anywidget.AnyWidget):
     def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
                  size: int = 384, *, checkpoint=None, weights=None, window=None, kv=None,
                  threads: int | None = None, device: str = "auto", **kw):
-        if threads is not None:
-            import torch
+        from worldlab.threads import for_inference
 
-            torch.set_num_threads(int(threads))
+        for_inference(threads)  # process-wide: the kernel's torch runs the model's steps on this many threads
         from worldlab.model.registry import resolve, resolve_device
 
         device = resolve_device(device)  # one line for a device this machine lacks
