@@ -5,9 +5,11 @@ Kinds: closed (pc.close() after connecting), killed (a client process SIGKILLed 
 consent expiry tells the server), mid_handshake (the answer is received but never applied), no_candidates
 (an offer with every candidate line removed: nobody ever connects). Reports how long after the last churned
 session /healthz showed 0 rooms and 0 peers, and the server's RSS, fds and threads (psutil) against a
-baseline taken after a warm-up round.
+baseline taken after a warm-up round. With --witness, one session stays open the whole time (the server is
+never empty, as in production): RSS every --every sessions, the witness's fps, and the slope in MB/session.
 
     python benchmarks/churn_bench.py --sessions 500 --json
+    python benchmarks/churn_bench.py --witness --sessions 2000 --concurrency 4 --json
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ async def health(http, base: str) -> dict:
         return await r.json()
 
 
-def usage(proc: psutil.Process) -> dict:
+def usage(proc: psutil.Process | None) -> dict:
+    if proc is None:  # a server elsewhere (--url): nothing of its process to read
+        return {}
     return {"rss_mb": round(proc.memory_info().rss / 2**20, 1), "fds": proc.num_fds(), "threads": proc.num_threads()}
 
 
@@ -140,12 +144,13 @@ async def churn(http, url: str, n: int, concurrency: int, procs) -> dict:
     return {"counts": dict(counts), "failures": len(failures), "failure_sample": failures[:3]}
 
 
-async def wait_reaped(http, base: str, timeout: float) -> tuple[float | None, dict]:
-    """Seconds until /healthz shows no rooms and no peers (None if not within `timeout`), and the last body."""
+async def wait_reaped(http, base: str, timeout: float, keep: int = 0) -> tuple[float | None, dict]:
+    """Seconds until /healthz shows at most `keep` rooms and peers (None if not within `timeout`), and the
+    last body."""
     t0 = time.monotonic()
     while True:
         h = await health(http, base)
-        if h["rooms"] == 0 and h["peers"] == 0:
+        if h["rooms"] <= keep and h["peers"] <= keep:
             return time.monotonic() - t0, h
         if time.monotonic() - t0 > timeout:
             return None, h
@@ -189,10 +194,78 @@ async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, c
     }
 
 
-def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8,
-        reap_timeout: float = 120.0) -> dict:
-    with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, serving(work, config=CHURN_CONFIG) as (base, proc):
-        return asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout))
+# -- a witness: one session open through the whole run, so the server is never empty ----------------------
+async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, concurrency: int,
+                    reap_timeout: float) -> dict:
+    """Churn `sessions` in chunks of `every` while one witness session streams; after each chunk, once only the
+    witness is left (killed clients take ~10 s of consent checks to reap): the server's RSS and the witness's
+    fps over the chunk (frames it received, and the server's own fps_actual)."""
+    procs = multiprocessing.get_context("forkserver")
+    procs.set_forkserver_preload(["aiohttp", "worldlab.transport.client"])
+    url = f"{base}/offer"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        witness = PeerClient(keep_frames=False)
+        await witness.connect_http(http, url)
+        await witness.wait_for(lambda: witness.n_frames > 10, 20)
+        first = await churn(http, url, 1, 1, procs)
+        rows, failures, done = [{"sessions": 1, **usage(proc)}], first["failures"], 1
+        if proc is None:
+            print(json.dumps({"progress": 1}), flush=True)
+        while done < sessions:
+            n = min(every - done % every, sessions - done)
+            f0, t0 = witness.n_frames, time.monotonic()
+            run = await churn(http, url, n, concurrency, procs)
+            done, failures = done + n, failures + run["failures"]
+            fps = (witness.n_frames - f0) / (time.monotonic() - t0)
+            await wait_reaped(http, base, reap_timeout, keep=1)  # sample with only the witness left
+            stats = [m for m in witness.msgs if m["type"] == "stats"]
+            rows.append({"sessions": done, **usage(proc), "witness_fps": round(fps, 2),
+                         "witness_fps_actual": stats[-1].get("fps_actual") if stats else None})
+            witness.msgs.clear()
+            if proc is None:  # for a profiler driving us: where we are
+                print(json.dumps({"progress": done, "witness_fps": rows[-1]["witness_fps"]}), flush=True)
+        await witness.close()
+        reaped_s, h = await wait_reaped(http, base, reap_timeout)
+        empty = await settle(proc, rows[0], 20.0) if proc is not None else {}
+    if proc is None:
+        return {"sessions": sessions, "failures": failures, "rows": rows,
+                "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
+                "reaped_within_s": None if reaped_s is None else round(reaped_s, 1)}
+    return {"sessions": sessions, "every": every, "concurrency": concurrency, "failures": failures,
+            "rows": rows, **rss_trend(rows), "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
+            "reaped_within_s": None if reaped_s is None else round(reaped_s, 1), "rooms_after": h["rooms"],
+            "peers_after": h["peers"], "empty": empty,
+            "empty_vs_first_pct": round(100.0 * (empty["rss_mb"] - rows[0]["rss_mb"]) / rows[0]["rss_mb"], 1)}
+
+
+def rss_trend(rows: list[dict], from_session: int = 200) -> dict:
+    """Least-squares slope of RSS over sessions (MB per session) from `from_session` on, and the growth from
+    the first row at or past it to the last."""
+    import numpy as np
+
+    tail = [r for r in rows if r["sessions"] >= from_session] or rows[-2:]
+    x, y = np.array([r["sessions"] for r in tail], float), np.array([r["rss_mb"] for r in tail], float)
+    slope = float(np.polyfit(x, y, 1)[0]) if len(tail) >= 2 and np.ptp(x) > 0 else float("nan")
+    return {"slope_mb_per_session": round(slope, 5), "trend_from_session": int(x[0]),
+            "rss_growth_pct": round(100.0 * (y[-1] - y[0]) / y[0], 2)}
+
+
+def _config(memory_trim_s: float | None) -> dict:
+    return CHURN_CONFIG if memory_trim_s is None else {**CHURN_CONFIG, "memory_trim_s": memory_trim_s}
+
+
+def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8, reap_timeout: float = 120.0,
+        *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None,
+        memory_trim_s: float | None = None) -> dict:
+    if url is not None:  # a server someone else runs (benchmarks/memory_profile.py): the witness run only
+        return asyncio.run(witnessed(url.rstrip("/"), None, sessions, every, concurrency, reap_timeout))
+    with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, \
+            serving(work, model=model, config=_config(memory_trim_s)) as (base, proc):
+        if witness:
+            out = asyncio.run(witnessed(base, proc, sessions, every, concurrency, reap_timeout))
+        else:
+            out = asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout))
+    return {"model": model, **out}
 
 
 def main(argv=None) -> int:
@@ -201,9 +274,23 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=WARMUP_SESSIONS,
                     help="churned sessions before the baseline is taken")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--witness", action="store_true",
+                    help="keep one session open throughout; RSS and its fps every --every sessions, and the slope")
+    ap.add_argument("--every", type=int, default=100, help="with --witness: sessions between samples")
+    ap.add_argument("--model", default="oracle", choices=["oracle", "tiny"])
+    ap.add_argument("--memory-trim-s", type=float, default=None,
+                    help="the server's memory_trim_s (default: SessionConfig's; 0: trim only when empty)")
+    ap.add_argument("--url", default=None, help="with --witness: churn this running server instead of starting one")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    out = run(args.sessions, args.warmup, args.concurrency)
+    if min(args.sessions, args.every, args.concurrency) < 1 or args.warmup < 0:
+        print("churn_bench: --sessions, --every and --concurrency must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    if args.url and not args.witness:
+        print("churn_bench: --url needs --witness", file=sys.stderr)
+        return 2
+    out = run(args.sessions, args.warmup, args.concurrency, witness=args.witness, every=args.every,
+              model=args.model, url=args.url, memory_trim_s=args.memory_trim_s)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
