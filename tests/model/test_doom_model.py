@@ -177,3 +177,31 @@ def test_w4a4_keeps_its_low_rank_branch_within_a_sixteenth_of_the_width(doom_ckp
     from worldlab.model.doom.world_model import doom_recipes
 
     assert doom_recipes(CFG)["w4a4"][1].lowrank_rank == CFG.d_model // 16
+
+
+def test_a_fine_tune_starts_from_its_checkpoint_and_changes_its_weights(doom_ckpt, tmp_path, monkeypatch):
+    """`worldlab train --preset doom --init CKPT`: the architecture and tokenizer come from the checkpoint, the
+    training recipe (here 3 chained own passes, the last two with a loss) from the config; one step moves it."""
+    from dataclasses import replace
+
+    from worldlab.model.doom import data as dd
+    from worldlab.model.doom.checkpoint import load
+    from worldlab.model.doom.train import own_pass_weight, parse_overrides, train
+
+    frames = np.stack([_frames(8, seed=s) for s in range(2)])  # 2 synthetic episodes of 7 steps
+    eps = dd.Episodes(dd.train_data(2), frames, np.zeros((2, 7), np.int8), np.zeros((2, 8, 3)))
+    monkeypatch.setattr(dd, "load", lambda data, cache_dir=None: eps)
+    given = parse_overrides(["own_passes=3", "own_loss_passes=2", "own_weight=3", "seq_frames=4", "batch=2"])
+    cfg = replace(DoomConfig(), lr=1e-3, **given)  # DoomConfig()'s architecture: the checkpoint's (CFG) wins
+    assert [own_pass_weight(cfg, k) for k in (1, 2, 3)] == [0.0, 1.0, 3.0]
+    before, tok0, *_ = load(doom_ckpt)
+    out = tmp_path / "ft.safetensors"
+    summary = train(out, cfg, steps=1, progress=False, init=doom_ckpt, episodes=2)
+    after, tok1, calib, extra, _digest = load(out)
+    assert after.cfg.d_model == CFG.d_model and after.cfg.own_passes == 3 and after.cfg.seq_frames == 4
+    assert summary["steps_done"] == 1 and extra["init"] == str(doom_ckpt) and calib
+    assert all(torch.equal(a, b) for a, b in zip(tok0.state_dict().values(), tok1.state_dict().values()))
+    moved = [not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values())]
+    assert sum(moved) >= len(moved) // 2, moved
+    with pytest.raises(ValueError, match="--set takes FIELD=VALUE"):
+        parse_overrides(["d_model=256"])

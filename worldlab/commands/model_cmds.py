@@ -30,6 +30,9 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")
     t.add_argument("--budget-min", type=float, default=None,
                    help="doom presets: stop after this many minutes of training (default: the preset's)")
+    t.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
+                   help="doom preset: override a training field of DoomConfig, e.g. own_passes=4 own_weight=2 "
+                        "seq_frames=16 (repeatable)")
     t.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
     t.add_argument("--json", action="store_true")
@@ -92,8 +95,8 @@ def run_train(args) -> int:
     device = resolve_device(args.device)
     if args.preset in ("doom", "doom-tokenizer"):
         return _train_doom(args)
-    if args.budget_min is not None:
-        raise ValueError("--budget-min applies to the doom presets")
+    if args.budget_min is not None or args.set:
+        raise ValueError("--budget-min and --set apply to the doom presets")
     if args.preset == "conv":  # a different model family with its own trainer
         from worldlab.train_conv import train_conv
 
@@ -115,23 +118,23 @@ def _train_doom(args) -> int:
     from worldlab.doom import vizdoom
 
     vizdoom()  # one line when the game is missing, before anything trains
-    if args.init:
-        raise ValueError("--init applies to the sprite transformer presets, not doom")
     if args.preset == "doom-tokenizer":
         import pathlib
 
         from worldlab.model.doom.train_tokenizer import TrainConfig, train as train_tokenizer
 
+        if args.set:
+            raise ValueError("--set applies to the doom preset, not doom-tokenizer")
         given = {"steps": args.steps, "seed": args.seed, "lr": args.lr, "budget_min": args.budget_min}
         summary = train_tokenizer(replace(TrainConfig(), **{k: v for k, v in given.items() if v is not None}),
-                                  pathlib.Path(args.out))
+                                  pathlib.Path(args.out), init=args.init)
     else:
         from worldlab.model.doom.dynamics import DoomConfig
-        from worldlab.model.doom.train import train as train_doom
+        from worldlab.model.doom.train import parse_overrides, train as train_doom
 
-        cfg = DoomConfig() if args.lr is None else replace(DoomConfig(), lr=args.lr)
-        summary = train_doom(args.out, cfg, seed=args.seed, steps=args.steps, budget_min=args.budget_min,
-                             progress=not args.json)
+        given = parse_overrides(args.set) | ({} if args.lr is None else {"lr": args.lr})
+        summary = train_doom(args.out, replace(DoomConfig(), **given), seed=args.seed, steps=args.steps,
+                             budget_min=args.budget_min, progress=not args.json, init=args.init)
     print(json.dumps(summary) if args.json else f"saved {args.out}: {summary}")
     return 0
 

@@ -47,6 +47,8 @@ class DoomConfig:
     warmup: int = 100
     train_windows: tuple = (4, 16)
     own_passes: int = 1  # extra passes whose inputs are the model's own (detached) frames: training against drift
+    own_loss_passes: int = 0  # only the last this-many own passes carry a loss (0: all); earlier ones run no-grad
+    own_weight: float = 1.0  # loss weight of the deepest own pass; the passes with a loss ramp to it from 1
     reveal_weight: float = 0.02  # price of not keeping a warped pixel: generate only what the warp cannot explain
     grad_weight: float = 1.0  # L1 on image gradients beside L1 on pixels: edges, not averages
     latent_weight: float = 1.0  # MSE of the new latent against the next frame's tokens

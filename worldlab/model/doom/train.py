@@ -1,5 +1,6 @@
 """Train the DOOM dynamics (worldlab.model.doom.dynamics) over the frozen shipped tokenizer on explorer episodes,
-every style, with mid-sequence style switches and passes on the model's own frames (training against drift).
+every style, with mid-sequence style switches and passes on the model's own frames (training against drift);
+from scratch or fine-tuning a DOOM checkpoint (`init`).
 """
 
 from __future__ import annotations
@@ -74,26 +75,83 @@ def loss_of(pred, keep, znew, target, target_z, mask, cfg: DoomConfig) -> torch.
     return (per * mask).sum() / mask.sum().clamp(min=1)
 
 
+def check_own(cfg: DoomConfig) -> None:
+    if cfg.own_passes < 0 or not 0 <= cfg.own_loss_passes <= cfg.own_passes or cfg.own_weight < 0:
+        raise ValueError(f"need own_passes >= 0, 0 <= own_loss_passes <= own_passes, own_weight >= 0: got "
+                         f"{cfg.own_passes}, {cfg.own_loss_passes}, {cfg.own_weight}")
+
+
+def own_pass_weight(cfg: DoomConfig, k: int) -> float:
+    """Loss weight of own pass k (1..own_passes): 0 for the passes before the last `own_loss_passes` (0 = all
+    carry a loss), which run without gradient only to deepen the next pass's inputs; the passes with a loss
+    ramp linearly from 1 to `own_weight` at the deepest (a single one weighs `own_weight`)."""
+    n = cfg.own_loss_passes or cfg.own_passes
+    first = cfg.own_passes - n + 1
+    if k < first:
+        return 0.0
+    return cfg.own_weight if n == 1 else 1.0 + (cfg.own_weight - 1.0) * (k - first) / (n - 1)
+
+
 def lr_at(cfg: DoomConfig, progress: float, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+# DoomConfig fields that are the training recipe, not the architecture: a fine-tune takes these from the config it
+# is given and everything else from its init checkpoint.
+TRAINING_FIELDS = ("seq_frames", "batch", "steps", "lr", "warmup", "train_windows", "own_passes", "own_loss_passes",
+                   "own_weight", "reveal_weight", "grad_weight", "latent_weight", "switch_prob")
+FINETUNE_WARMUP = 10  # steps of warm-up when starting from trained weights
+
+
+def parse_overrides(items) -> dict:
+    """["own_passes=4", "train_windows=4,16", ...] -> {field: value} for DoomConfig's training fields (typed like
+    the defaults); one-line errors for anything else."""
+    defaults, out = DoomConfig(), {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in TRAINING_FIELDS:
+            raise ValueError(f"--set takes FIELD=VALUE with FIELD one of {', '.join(TRAINING_FIELDS)}; got {item!r}")
+        kind = type(getattr(defaults, key))
+        try:
+            out[key] = tuple(int(v) for v in text.split(",") if v.strip()) if kind is tuple else kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key} needs a {kind.__name__}, got {text!r}") from None
+    return out
+
+
 def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | None = None,
           budget_min: float | None = None, progress: bool = True, tokenizer=None, episodes: int = TRAIN_EPISODES,
-          cache_dir=dd.DEFAULT_CACHE) -> dict:
-    """Train from scratch, save to `out` (+ `.metrics.jsonl`); stops at `steps` or `budget_min`, whichever first."""
+          cache_dir=dd.DEFAULT_CACHE, init=None) -> dict:
+    """Train from scratch, or fine-tune the DOOM checkpoint `init` (its architecture and its own tokenizer copy,
+    `cfg`'s training fields, a fresh optimizer and a short warm-up); save to `out` (+ `.metrics.jsonl`); stops
+    at `steps` or `budget_min`, whichever first."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = replace(cfg, steps=steps or cfg.steps)
-    tok, _ = load_tokenizer(tokenizer)
+    init_info = {}
+    if init is not None:
+        if tokenizer is not None:
+            raise ValueError("a fine-tune uses its init checkpoint's own tokenizer; give init or tokenizer, not both")
+        from worldlab.model.doom.checkpoint import load as load_checkpoint
+
+        net, tok, _calib, init_extra, digest = load_checkpoint(init)
+        cfg = replace(net.cfg, **{f: getattr(cfg, f) for f in TRAINING_FIELDS})
+        cfg = replace(cfg, warmup=min(cfg.warmup, FINETUNE_WARMUP))
+        net.cfg = cfg
+        net.train()
+        init_info = {"init": str(init), "init_checkpoint": digest, "init_extra": init_extra}
+    else:
+        tok, _ = load_tokenizer(tokenizer)
+        net = DoomDynamics(cfg)
+    check_own(cfg)
     for p in tok.parameters():
         p.requires_grad_(False)
     eps = dd.load(dd.train_data(episodes), cache_dir)
-    net = DoomDynamics(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
     out = pathlib.Path(out)
     log = out.with_suffix(".metrics.jsonl")
@@ -115,10 +173,15 @@ def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | No
             target_z = torch.cat([z[:, 1:], target_z], 1)  # (B, F, T, C): the true next frames' tokens
             loss = loss_of(pred, keep, znew, x[:, 1:], target_z, mask, cfg)
             own = pred
-            for _ in range(cfg.own_passes):  # inputs: the true first frame, then the model's own frames
+            for k in range(1, cfg.own_passes + 1):
+                # inputs: the true first frame, then the previous pass's frames, so frame t's input carries up
+                # to k steps of the model's own error (k >= t: exactly its free-running rollout from frame 0)
                 inputs = torch.cat([x[:, :1], own[:, :-1].detach().clamp(0, 1)], 1)
-                own, keep, znew, _z = predict(net, tok, inputs, acts, styles, window)
-                loss = loss + loss_of(own, keep, znew, x[:, 1:], target_z, mask, cfg)
+                w = own_pass_weight(cfg, k)
+                with torch.set_grad_enabled(w > 0):
+                    own, keep, znew, _z = predict(net, tok, inputs, acts, styles, window)
+                if w > 0:
+                    loss = loss + w * loss_of(own, keep, znew, x[:, 1:], target_z, mask, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -131,7 +194,7 @@ def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | No
     net.eval()
     calib = calibrate(net, _calibration(eps, tok, cfg, rng))
     wall = time.monotonic() - t0
-    extra = {"seed": seed, "steps_done": step + 1, "wall_s": round(wall, 1), "episodes": episodes}
+    extra = {"seed": seed, "steps_done": step + 1, "wall_s": round(wall, 1), "episodes": episodes, **init_info}
     digest = save(out, net, tok, calib, extra)
     return {"out": str(out), "checkpoint": digest, **extra}
 
