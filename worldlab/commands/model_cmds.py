@@ -12,7 +12,9 @@ import json
 
 def _toggles(p) -> None:
     add_model_arguments(p)
-    p.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="torch CPU threads (default 1: a model step gains nothing from more and stalls when the "
+                        "CPU is busy; worldlab.threads)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None, metavar="FILE.nc",
                    help="also write the figures as an xarray/netCDF results file with provenance")
@@ -33,7 +35,8 @@ def register(sub) -> None:
     t.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
                    help="doom preset: override a training field of DoomConfig, e.g. own_passes=4 own_weight=2 "
                         "seq_frames=16 (repeatable)")
-    t.add_argument("--threads", type=threads_arg, default=2, help="torch CPU threads (default 2)")
+    t.add_argument("--threads", type=threads_arg, default=None,
+                   help="torch CPU threads (default: the cores free when training starts; worldlab.threads)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=run_train)
@@ -85,13 +88,12 @@ def _toggles_of(args):
 
 
 def run_train(args) -> int:
-    import torch
-
     from worldlab.config import preset
     from worldlab.model.registry import resolve_device
+    from worldlab.threads import for_training
     from worldlab.train import train
 
-    torch.set_num_threads(args.threads)
+    for_training(args.threads)
     device = resolve_device(args.device)
     if args.preset in ("doom", "doom-tokenizer"):
         return _train_doom(args)
@@ -140,14 +142,13 @@ def _train_doom(args) -> int:
 
 
 def run_eval(args) -> int:
-    import torch
-
     from worldlab.evaluate import check_request, evaluate_runs
     from worldlab.experiments.measure import eval_dataset
     from worldlab.experiments.provenance import now
     from worldlab.experiments.results import save_dataset
+    from worldlab.threads import for_inference
 
-    torch.set_num_threads(args.threads)
+    for_inference(args.threads)
     seeds = _parse_ints("seeds", args.seeds) if args.seeds is not None else None
     # before the model loads: what was given is checked here, the world's defaults once the model says its world
     check_request(seeds or [0], 1 if args.steps is None else args.steps, args.gallery)
@@ -208,14 +209,13 @@ def _run_doom_eval(args, model, seeds) -> int:
 
 
 def run_bench(args) -> int:
-    import torch
-
     from worldlab.bench_model import bench
     from worldlab.experiments.measure import bench_dataset
     from worldlab.experiments.provenance import now
     from worldlab.experiments.results import save_dataset
+    from worldlab.threads import for_inference
 
-    torch.set_num_threads(args.threads)
+    for_inference(args.threads)
     _check_out(args.out)
     started = now()
     batches = tuple(_parse_ints("batches", args.batches))
