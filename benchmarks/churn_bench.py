@@ -250,17 +250,12 @@ def rss_trend(rows: list[dict], from_session: int = 200) -> dict:
             "rss_growth_pct": round(100.0 * (y[-1] - y[0]) / y[0], 2)}
 
 
-def _config(memory_trim_s: float | None) -> dict:
-    return CHURN_CONFIG if memory_trim_s is None else {**CHURN_CONFIG, "memory_trim_s": memory_trim_s}
-
-
 def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8, reap_timeout: float = 120.0,
-        *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None,
-        memory_trim_s: float | None = None) -> dict:
+        *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None) -> dict:
     if url is not None:  # a server someone else runs (benchmarks/memory_profile.py): the witness run only
         return asyncio.run(witnessed(url.rstrip("/"), None, sessions, every, concurrency, reap_timeout))
     with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, \
-            serving(work, model=model, config=_config(memory_trim_s)) as (base, proc):
+            serving(work, model=model, config=CHURN_CONFIG) as (base, proc):
         if witness:
             out = asyncio.run(witnessed(base, proc, sessions, every, concurrency, reap_timeout))
         else:
@@ -278,8 +273,6 @@ def main(argv=None) -> int:
                     help="keep one session open throughout; RSS and its fps every --every sessions, and the slope")
     ap.add_argument("--every", type=int, default=100, help="with --witness: sessions between samples")
     ap.add_argument("--model", default="oracle", choices=["oracle", "tiny"])
-    ap.add_argument("--memory-trim-s", type=float, default=None,
-                    help="the server's memory_trim_s (default: SessionConfig's; 0: trim only when empty)")
     ap.add_argument("--url", default=None, help="with --witness: churn this running server instead of starting one")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -290,7 +283,7 @@ def main(argv=None) -> int:
         print("churn_bench: --url needs --witness", file=sys.stderr)
         return 2
     out = run(args.sessions, args.warmup, args.concurrency, witness=args.witness, every=args.every,
-              model=args.model, url=args.url, memory_trim_s=args.memory_trim_s)
+              model=args.model, url=args.url)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 

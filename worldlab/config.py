@@ -80,10 +80,6 @@ class SessionConfig:
     # Graceful drain (SIGTERM or POST /admin/drain): no new offers (503 draining), peers get `drain` with
     # deadline_s, rooms still live at the deadline end with `error` drained, then `worldlab serve` exits 0.
     drain_deadline_s: float = 25.0  # under Kubernetes' default 30 s grace: we exit before its SIGKILL
-    # Native memory of closed rooms (codec, DTLS, SRTP buffers) stays in glibc's arenas until malloc_trim; a
-    # busy server is never empty, so after a room closes the memory is handed back at most this often
-    # (seconds; 0: only when the last room closes). docs/streaming.md, Memory under churn.
-    memory_trim_s: float = 10.0
     # A peer that has not reached "connected" this long after its answer is dropped (and its room, for a
     # player). Connected peers that vanish (network or DTLS dead, no goodbye) fail ICE consent freshness:
     # `consent_failures` unanswered checks `consent_interval_s` apart (+-20 %, each check waits 0.5 s), about

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.churn_bench import KINDS, REAP_GOAL_S, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_churned_sessions_are_all_reaped_and_nothing_leaks():
@@ -20,3 +20,15 @@ def test_churned_sessions_are_all_reaped_and_nothing_leaks():
     # The default executor (at most cpu_count + 4 workers) starts its threads lazily and keeps them: a short
     # warm-up may leave two to come. A thread per session would show as five or more here.
     assert after["threads"] <= base["threads"] + 2, out
+
+
+def test_a_witness_session_streams_on_while_others_churn():
+    """churn_bench --witness, short: one session stays open while 40 others come and go in all four ways; it
+    keeps its frame rate, RSS is sampled with only the witness left, and nothing is left once it closes."""
+    out = run(sessions=40, concurrency=4, reap_timeout=REAP_GOAL_S + 10, witness=True, every=20)
+    assert out["failures"] == 0, out
+    assert [r["sessions"] for r in out["rows"]] == [1, 20, 40], out["rows"]
+    assert all(r["witness_fps_actual"] >= 25 for r in out["rows"][1:]), out["rows"]
+    assert all(r["rss_mb"] > 50 for r in out["rows"]) and out["slope_mb_per_session"] == out["slope_mb_per_session"]
+    assert out["rooms_after"] == 0 and out["peers_after"] == 0, out
+    assert out["empty"]["fds"] <= out["rows"][0]["fds"], out

@@ -114,32 +114,3 @@ async def test_real_model_streams_at_rate_and_acks(micro_ckpt):  # default timeo
         assert stats["fps_target"] == 30 and 0 < stats["model_ms"] < 1000 / 30  # real work, inside the budget
         assert stats["kv_bytes"] > 0  # a real model keeps a KV cache (the oracle reports 0)
 
-
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("trim_s, expected", [(600.0, [2, 0]), (0.0, [0])])
-async def test_memory_is_handed_back_while_rooms_stay_live(monkeypatch, trim_s, expected):
-    """A server that never empties still trims glibc's arenas after a room closes, at most every memory_trim_s
-    (0: only when the last room closes, as before); an empty server always trims."""
-    from worldlab.config import SessionConfig
-    from worldlab.transport import peer
-
-    model = EnvOracle(seed=3)
-    sched = Scheduler(model).start()
-    hub = PeerHub(model, sched, fps=30.0, config=SessionConfig(memory_trim_s=trim_s))
-    trims = []
-    monkeypatch.setattr(peer, "_release_native_memory", lambda: trims.append(len(hub.rooms)))
-    clients = [Client() for _ in range(3)]
-    try:
-        for c in clients:
-            await c.connect(hub)
-        rooms = list(hub.rooms.values())
-        hub._trimmed_at -= trim_s + 1  # the last trim was longer ago than memory_trim_s
-        await hub._close_room(rooms[0])  # two rooms live: trims when memory_trim_s > 0
-        await hub._close_room(rooms[1])  # one live, the last trim just now: waits
-        await hub._close_room(rooms[2])  # empty: always
-        assert trims == expected
-    finally:
-        for c in clients:
-            await c.close()
-        await hub.close()
-        sched.stop()

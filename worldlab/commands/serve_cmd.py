@@ -219,7 +219,7 @@ def check_args(args) -> SessionConfig:
     if cfg.codec not in CODECS:
         raise ValueError(f"{_named(args, 'codec')} must be one of {CODECS}, got {cfg.codec!r}")
     for name in ("max_sessions_per_tenant", "room_frame_cap", "tenant_frame_cap", "drain_deadline_s",
-                 "memory_trim_s", "anomaly_model_share", "anomaly_median_factor"):
+                 "anomaly_model_share", "anomaly_median_factor"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
     for name in ("frame_cap_window_s", "caps_check_s"):

@@ -226,7 +226,6 @@ class PeerHub:
         self.triage = triage
         self.observers = tuple(observers)
         self.stats_interval = stats_interval_s
-        self._trimmed_at = time.monotonic()
         self.ladder = Ladder(self.cfg.quality_ladder)  # a bad ladder in `serve --config` fails here
         self.ladder[self.cfg.quality_start]  # and so does a start rung that is not on it
         if not 0 <= self.cfg.audio_lead_ms <= MAX_LEAD_S * 1000:  # and an audio lead out of range
@@ -614,13 +613,7 @@ class PeerHub:
             room.pcs.discard(pc)
             self.pcs.discard(pc)
             await self._close_pc(pc)
-        self._maybe_release_memory()
-
-    def _maybe_release_memory(self) -> None:
-        """malloc_trim when the server empties, and while it is busy at most every memory_trim_s."""
-        now, every = time.monotonic(), self.cfg.memory_trim_s
-        if not self.rooms or (every > 0 and now - self._trimmed_at >= every):
-            self._trimmed_at = now
+        if not self.rooms:
             _release_native_memory()
 
     async def close(self) -> None:
