@@ -83,13 +83,14 @@ def top_growth(before, after, n: int) -> list[dict]:
     stats = after.compare_to(before, "traceback")
     out = []
     for st in stats[:n]:
-        frames = [f"{pathlib.Path(f.filename).name}:{f.lineno}" for f in st.traceback[-6:]]
+        frames = [f"{pathlib.Path(f.filename).name}:{f.lineno}" for f in st.traceback]
         out.append({"kb": round(st.size_diff / 1024, 1), "count": st.count_diff, "where": " <- ".join(reversed(frames))})
     return out
 
 
-def profile(model: str, sessions: int, every: int, concurrency: int, from_session: int, top: int) -> dict:
-    tracemalloc.start(12)
+def profile(model: str, sessions: int, every: int, concurrency: int, from_session: int, top: int,
+            frames: int = 4) -> dict:
+    tracemalloc.start(frames)
     port = free_port()
     serve_in_thread(model, port)
     argv = [sys.executable, str(ROOT / "benchmarks" / "churn_bench.py"), "--witness", "--url",
@@ -119,12 +120,14 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--from", dest="from_session", type=int, default=200, help="first snapshot at this session")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--frames", type=int, default=4,
+                    help="traceback depth kept by tracemalloc (deeper is slower: at 12 the witness stalled)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if min(args.sessions, args.every, args.concurrency, args.top) < 1:
-        print("memory_profile: --sessions, --every, --concurrency and --top must be >= 1", file=sys.stderr)
+    if min(args.sessions, args.every, args.concurrency, args.top, args.frames) < 1:
+        print("memory_profile: --sessions, --every, --concurrency, --top and --frames must be >= 1", file=sys.stderr)
         return 2
-    out = profile(args.model, args.sessions, args.every, args.concurrency, args.from_session, args.top)
+    out = profile(args.model, args.sessions, args.every, args.concurrency, args.from_session, args.top, args.frames)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
