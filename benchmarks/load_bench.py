@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -27,10 +28,29 @@ from worldlab import threads  # noqa: E402
 HOG = "while True: pass"
 
 
+def _ordinary() -> None:
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+@contextlib.contextmanager
+def ordinary_scheduling():
+    """Run the calling thread (and what it spawns) under the normal time-sharing policy for the measurement.
+    Found in CI: the test process ran SCHED_FIFO 99, which its children inherit; a real-time busy loop never
+    yields its core, so hogs and a real-time measurer starved each other for good."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    if policy != os.SCHED_OTHER:
+        _ordinary()
+    try:
+        yield policy
+    finally:
+        if policy != os.SCHED_OTHER:
+            os.sched_setscheduler(0, policy, param)
+
+
 @contextlib.contextmanager
 def hogs(n: int):
-    """n busy-loop processes at normal priority, always stopped."""
-    procs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(n)]
+    """n busy-loop processes under the normal time-sharing policy, always stopped."""
+    procs = [subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=_ordinary) for _ in range(n)]
     try:
         time.sleep(0.3 if n else 0)  # let them take their cores
         yield procs
@@ -118,12 +138,13 @@ def measure(model: str = "tiny", hog_counts=None, steps: int = 300, session_s: f
     hog_counts = [0, cores, 2 * cores] if hog_counts is None else hog_counts
     if 0 not in hog_counts:
         raise ValueError("--hogs must include 0 (the quiet baseline the ratios are taken against)")
-    out = {"model": model, "cores": cores, "machine": _machine(), "hogs": hog_counts, "steps": steps,
-           "step": step_rows(model, hog_counts, steps, settings)}
-    if session_s > 0:
-        live_hogs = [n for n in hog_counts if n <= cores]
-        out["session"] = {label: session_rows(model, live_hogs, session_s, None if label == "rule" else n)
-                          for label, n in settings.items()}
+    with ordinary_scheduling() as policy:
+        out = {"model": model, "cores": cores, "machine": _machine(), "hogs": hog_counts, "steps": steps,
+               "caller_policy": policy, "step": step_rows(model, hog_counts, steps, settings)}
+        if session_s > 0:
+            live_hogs = [n for n in hog_counts if n <= cores]
+            out["session"] = {label: session_rows(model, live_hogs, session_s, None if label == "rule" else n)
+                              for label, n in settings.items()}
     return out
 
 

@@ -1,8 +1,6 @@
 """worldlab.threads, the one thread rule: model steps on one thread, training on the free cores, a server warned
 when runners x threads exceed the cores, bad counts refused in one line."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -30,16 +28,10 @@ def test_training_takes_the_free_cores():
 
 
 def test_free_cores_drop_when_other_processes_are_busy():
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(threads.cores())]
-    try:
-        import time
+    from benchmarks.load_bench import hogs, ordinary_scheduling
 
-        time.sleep(0.5)
+    with ordinary_scheduling(), hogs(threads.cores()):
         assert threads.free_cores(0.5) == 1
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
