@@ -24,6 +24,16 @@ def private_config_dir(tmp_path_factory):
         os.environ["XDG_CONFIG_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def time_sharing():
+    """Every test starts under the normal scheduling policy. SVT-AV1 (libsvtav1, the AV1 encoder) switches the
+    thread that opens it to SCHED_FIFO 99 when run as root, and every process spawned afterwards inherits it:
+    busy real-time processes then starve each other on two cores (a CI run hung on it)."""
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    yield
+
+
 @pytest.fixture(scope="session")
 def micro_ckpt(tmp_path_factory):
     """A micro model trained once per test session (seconds): the real model path, end to end."""
