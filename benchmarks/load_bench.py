@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` runs too
 from benchmarks.serving import serving  # noqa: E402
 from worldlab import threads  # noqa: E402
+from worldlab.experiments.provenance import cpu_model  # noqa: E402
 
 HOG = "while True: pass"
 
@@ -139,23 +139,13 @@ def measure(model: str = "tiny", hog_counts=None, steps: int = 300, session_s: f
     if 0 not in hog_counts:
         raise ValueError("--hogs must include 0 (the quiet baseline the ratios are taken against)")
     with ordinary_scheduling() as policy:
-        out = {"model": model, "cores": cores, "machine": _machine(), "hogs": hog_counts, "steps": steps,
+        out = {"model": model, "cores": cores, "machine": cpu_model(), "hogs": hog_counts, "steps": steps,
                "caller_policy": policy, "step": step_rows(model, hog_counts, steps, settings)}
         if session_s > 0:
             live_hogs = [n for n in hog_counts if n <= cores]
             out["session"] = {label: session_rows(model, live_hogs, session_s, None if label == "rule" else n)
                               for label, n in settings.items()}
     return out
-
-
-def _machine() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _counts(text: str) -> list[int]:
