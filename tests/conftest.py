@@ -24,14 +24,43 @@ def private_config_dir(tmp_path_factory):
         os.environ["XDG_CONFIG_HOME"] = old
 
 
+def _real_time_threads() -> dict[int, tuple[int, int]]:
+    """{thread id: (policy, priority)} of this process's threads that run SCHED_FIFO or SCHED_RR."""
+    found = {}
+    try:
+        for name in os.listdir("/proc/self/task"):
+            try:
+                policy = os.sched_getscheduler(int(name))
+                if policy in (os.SCHED_FIFO, os.SCHED_RR):
+                    found[int(name)] = policy, os.sched_getparam(int(name)).sched_priority
+            except OSError:  # the thread ended meanwhile
+                pass
+    except (OSError, AttributeError):  # not Linux
+        pass
+    return found
+
+
 @pytest.fixture(autouse=True)
 def time_sharing():
-    """Every test starts under the normal scheduling policy. SVT-AV1 (libsvtav1, the AV1 encoder) switches the
-    thread that opens it to SCHED_FIFO 99 when run as root, and every process spawned afterwards inherits it:
-    busy real-time processes then starve each other on two cores (a CI run hung on it)."""
+    """A guard that the product's fix holds: no test leaves a thread of this process real-time. SVT-AV1
+    (libsvtav1, the AV1 encoder) switches the thread that opens it, and the threads it starts, to SCHED_FIFO 99
+    when run as root; worldlab.transport.encoder.open_time_shared gives them their policy back. Busy real-time
+    threads, and the processes they spawn (which inherit it), starve each other on two cores (a CI run hung on
+    it), so a thread a test turns real-time anyway is put back to SCHED_OTHER and the test errors. The test
+    process itself starts every test time-shared (a run under chrt included)."""
     if os.sched_getscheduler(0) != os.SCHED_OTHER:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    before = _real_time_threads()
     yield
+    left = {tid: p for tid, p in _real_time_threads().items() if before.get(tid) != p}
+    for tid in left:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
+    if left:
+        pytest.fail(f"the test left threads real-time, {{thread id: (policy, priority)}}: {left} (an AV1 encoder "
+                    "opened without worldlab.transport.encoder.open_time_shared?)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,51 @@ from __future__ import annotations
 
 import fractions
 import os
+import threading
 
 import av
 import numpy as np
 
 CODECS = {"vp8": "libvpx", "h264": "libx264", "av1": "libsvtav1"}
 TIME_BASE = fractions.Fraction(1, 90_000)
+_REAL_TIME = {getattr(os, name) for name in ("SCHED_FIFO", "SCHED_RR") if hasattr(os, name)}
+
+
+def _policies() -> dict[int, tuple[int, int]]:
+    """{thread id: (scheduling policy, priority)} of every thread of this process (Linux only)."""
+    found = {}
+    for name in os.listdir("/proc/self/task"):
+        try:
+            found[int(name)] = os.sched_getscheduler(int(name)), os.sched_getparam(int(name)).sched_priority
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
+
+
+def open_time_shared(ctx: av.CodecContext) -> None:
+    """Open an encoder, then give back the scheduling policy the open took from this process's threads.
+
+    SVT-AV1 (libsvtav1) switches the thread that opens it to SCHED_FIFO priority 99 whenever the process
+    runs as root (a bare geteuid() check in svt_av1_enc_init_handle; no option turns it off), and the worker
+    threads it starts during the open (16 here) inherit that, as would every thread the opener (a shared
+    executor thread) starts later. Busy real-time threads starve the model and event-loop threads on two
+    cores. So every thread the open made real-time goes back to the policy it had before (a thread the open
+    created: the opener's), which keeps a deliberate `chrt`. Not Linux, or not permitted: just the open."""
+    try:
+        before = _policies()
+    except (OSError, AttributeError):  # no /proc/self/task or no os.sched_* (not Linux)
+        before = None
+    ctx.open()
+    if before is None:
+        return
+    opener = before.get(threading.get_native_id(), (os.SCHED_OTHER, 0))
+    for tid, now in _policies().items():
+        was = before.get(tid, opener)
+        if now[0] in _REAL_TIME and now != was:
+            try:
+                os.sched_setscheduler(tid, was[0], os.sched_param(was[1]))
+            except OSError:  # not permitted, or the thread ended
+                pass
 
 
 class RoomEncoder:
@@ -52,6 +91,7 @@ class RoomEncoder:
         else:
             ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"}
         ctx.thread_count = 1  # one core stays free for the model worker
+        open_time_shared(ctx)
         self._ctx, self._size, self._bitrate = ctx, (width, height), bitrate
         self.frames = 0
 
