@@ -6,7 +6,11 @@ consent expiry tells the server), mid_handshake (the answer is received but neve
 (an offer with every candidate line removed: nobody ever connects). Reports how long after the last churned
 session /healthz showed 0 rooms and 0 peers, and the server's RSS, fds and threads (psutil) against a
 baseline taken after a warm-up round. With --witness, one session stays open the whole time (the server is
-never empty, as in production): RSS every --every sessions, the witness's fps, and the slope in MB/session.
+never empty, as in production): RSS every --every sessions, the witness's fps (a client in a process of its own,
+so the churn's clients do not starve it) and longest frame gap, and the slope in MB/session. RSS is sampled
+once the churned rooms are reaped and the server has run its next memory release (worldlab.allocator: every
+few seconds after rooms close), so every sample is at the same point of that cycle; `rss_at_reap_mb` is the
+figure before it.
 
     python benchmarks/churn_bench.py --sessions 500 --json
     python benchmarks/churn_bench.py --witness --sessions 2000 --concurrency 4 --json
@@ -22,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import pathlib
+import re
 import sys
 import tempfile
 import time
@@ -68,6 +73,65 @@ def _killable_client(url: str, conn) -> None:
             await asyncio.sleep(3600)
 
     asyncio.run(main())
+
+
+def _witness_client(url: str, conn) -> None:
+    """In a child process, so the churn's own clients do not starve it: one player that stays connected; on
+    "read" it sends (frames received, the latest fps_actual the server reported, frame arrivals' largest gap in
+    ms since the last read); on "close" it closes."""
+    async def main():
+        async with aiohttp.ClientSession() as http:
+            client = PeerClient(keep_frames=False)
+            await client.connect_http(http, url)
+            await client.wait_for(lambda: client.n_frames > 10, 20)
+            conn.send("connected")
+            last_n, last_t, max_gap, last_stats = client.n_frames, time.monotonic(), 0.0, {}
+            while True:
+                await asyncio.sleep(0.005)
+                if client.n_frames != last_n:
+                    now = time.monotonic()
+                    max_gap, last_n, last_t = max(max_gap, now - last_t), client.n_frames, now
+                if conn.poll():
+                    if conn.recv() == "close":
+                        break
+                    stats = [m for m in client.msgs if m["type"] == "stats"] or [last_stats]
+                    last_stats = stats[-1]
+                    conn.send((client.n_frames, last_stats.get("fps_actual"), max_gap * 1000))
+                    client.msgs.clear()
+                    max_gap = 0.0
+            await client.close()
+
+    asyncio.run(main())
+
+
+class Witness:
+    """The witness session in its own process (see _witness_client)."""
+
+    def __init__(self, procs, url: str):
+        self.conn, there = procs.Pipe()
+        self.proc = procs.Process(target=_witness_client, args=(url, there), daemon=True)
+        self.proc.start()
+        there.close()
+
+    async def _ask(self, msg, timeout: float = 30.0):
+        self.conn.send(msg)
+        if not await asyncio.get_running_loop().run_in_executor(None, self.conn.poll, timeout):
+            raise RuntimeError("the witness client did not answer")
+        return self.conn.recv()
+
+    async def connected(self) -> None:
+        if not await asyncio.get_running_loop().run_in_executor(None, self.conn.poll, 40.0):
+            raise RuntimeError("the witness client did not connect within 40 s")
+        self.conn.recv()
+
+    async def read(self) -> tuple[int, float | None, float]:
+        return await self._ask("read")
+
+    async def close(self) -> None:
+        self.conn.send("close")
+        await asyncio.get_running_loop().run_in_executor(None, self.proc.join, 15.0)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 async def closed(http, url: str, procs) -> None:
@@ -157,6 +221,22 @@ async def wait_reaped(http, base: str, timeout: float, keep: int = 0) -> tuple[f
         await asyncio.sleep(0.5)
 
 
+async def releases(http, base: str) -> float:
+    """worldlab_memory_releases_total from /metrics (passes freeing closed rooms' memory, worldlab.allocator)."""
+    async with http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    match = re.search(r"^worldlab_memory_releases_total (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def after_release(http, base: str, timeout: float = 15.0) -> None:
+    """Wait for the server's next memory release (it runs every few seconds after rooms close), so samples are
+    taken at the same point of its cycle; after `timeout` (releases off) go on."""
+    n0, t0 = await releases(http, base), time.monotonic()
+    while await releases(http, base) <= n0 and time.monotonic() - t0 < timeout:
+        await asyncio.sleep(0.25)
+
+
 async def settle(proc: psutil.Process, baseline: dict, timeout: float) -> dict:
     """The server's usage once fds and threads are back at the baseline, or whatever it is after `timeout`
     (the default executor's idle threads and closing sockets can take a moment to go)."""
@@ -204,28 +284,31 @@ async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, 
     procs.set_forkserver_preload(["aiohttp", "worldlab.transport.client"])
     url = f"{base}/offer"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-        witness = PeerClient(keep_frames=False)
-        await witness.connect_http(http, url)
-        await witness.wait_for(lambda: witness.n_frames > 10, 20)
+        witness = Witness(procs, url)
+        await witness.connected()
         first = await churn(http, url, 1, 1, procs)
+        await wait_reaped(http, base, reap_timeout, keep=1)
+        await after_release(http, base)
         rows, failures, done = [{"sessions": 1, **usage(proc)}], first["failures"], 1
         if proc is None:
             print(json.dumps({"progress": 1}), flush=True)
         while done < sessions:
             n = min(every - done % every, sessions - done)
-            f0, t0 = witness.n_frames, time.monotonic()
+            (f0, _, _), t0 = await witness.read(), time.monotonic()
             run = await churn(http, url, n, concurrency, procs)
             done, failures = done + n, failures + run["failures"]
-            fps = (witness.n_frames - f0) / (time.monotonic() - t0)
+            f1, fps_actual, gap_ms = await witness.read()
+            fps = (f1 - f0) / (time.monotonic() - t0)
             await wait_reaped(http, base, reap_timeout, keep=1)  # sample with only the witness left
-            stats = [m for m in witness.msgs if m["type"] == "stats"]
-            rows.append({"sessions": done, **usage(proc), "witness_fps": round(fps, 2),
-                         "witness_fps_actual": stats[-1].get("fps_actual") if stats else None})
-            witness.msgs.clear()
+            at_reap = usage(proc).get("rss_mb")
+            await after_release(http, base)
+            rows.append({"sessions": done, **usage(proc), "rss_at_reap_mb": at_reap, "witness_fps": round(fps, 2),
+                         "witness_fps_actual": fps_actual, "witness_max_gap_ms": round(gap_ms, 1)})
             if proc is None:  # for a profiler driving us: where we are
                 print(json.dumps({"progress": done, "witness_fps": rows[-1]["witness_fps"]}), flush=True)
         await witness.close()
         reaped_s, h = await wait_reaped(http, base, reap_timeout)
+        await after_release(http, base)
         empty = await settle(proc, rows[0], 20.0) if proc is not None else {}
     if proc is None:
         return {"sessions": sessions, "failures": failures, "rows": rows,

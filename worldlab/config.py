@@ -155,6 +155,12 @@ class SessionConfig:
     ice_transport_policy: str = "all"  # "all" | "relay"
     turn_secret: str = ""
     turn_credential_ttl_s: float = 3600.0
+    # Memory of a server that is never empty (worldlab.allocator; docs/streaming.md "Memory under churn"): at
+    # most this many glibc malloc arenas (0: glibc's default, 8 per core; MALLOC_ARENA_MAX in the environment
+    # wins), and closed rooms' memory released (a full gc pass, then malloc_trim) every this many seconds while
+    # rooms have closed in the last 30 s (0: never).
+    malloc_arena_max: int = 2
+    memory_release_interval_s: float = 5.0
 
     def __post_init__(self):
         object.__setattr__(self, "fps_range", tuple(self.fps_range))  # JSON round-trips give lists
@@ -166,6 +172,9 @@ class SessionConfig:
             raise ValueError(f"ice_transport_policy must be one of {ICE_POLICIES}, got {self.ice_transport_policy!r}")
         if self.turn_credential_ttl_s <= 0:
             raise ValueError(f"turn_credential_ttl_s must be > 0, got {self.turn_credential_ttl_s!r}")
+        if self.malloc_arena_max < 0 or self.memory_release_interval_s < 0:
+            raise ValueError("malloc_arena_max and memory_release_interval_s must be >= 0 (0: glibc's default / "
+                             f"never), got {self.malloc_arena_max!r} and {self.memory_release_interval_s!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,10 @@ def test_a_witness_session_streams_on_while_others_churn():
     out = run(sessions=40, concurrency=4, reap_timeout=REAP_GOAL_S + 10, witness=True, every=20)
     assert out["failures"] == 0, out
     assert [r["sessions"] for r in out["rows"]] == [1, 20, 40], out["rows"]
-    assert all(r["witness_fps_actual"] >= 25 for r in out["rows"][1:]), out["rows"]
+    assert all(r["witness_fps_actual"] >= 25 and r["witness_fps"] >= 20 for r in out["rows"][1:]), out["rows"]
     assert all(r["rss_mb"] > 50 for r in out["rows"]) and out["slope_mb_per_session"] == out["slope_mb_per_session"]
+    # The server's memory release (worldlab.allocator) ran before each sample: dead rooms are not counted, and
+    # once empty the server is near its size after the first session (measured +2-6 %; +58 % without it).
+    assert out["empty_vs_first_pct"] <= 25, out
     assert out["rooms_after"] == 0 and out["peers_after"] == 0, out
     assert out["empty"]["fds"] <= out["rows"][0]["fds"], out

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 
+from worldlab import allocator
 from worldlab.commands import add_model_arguments, threads_arg
 from worldlab.config import CODECS, WILDCARD_HOSTS, SessionConfig
 from worldlab.transport.ice import check_relay_config
@@ -253,6 +254,7 @@ def run(args) -> int:
     from worldlab.server.app import HUB, AccessLogger
 
     cfg = check_args(args)
+    allocator.cap_arenas(cfg.malloc_arena_max)  # before the model and the encoders start their threads
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
     keyring = load_keyring(args)
@@ -260,6 +262,7 @@ def run(args) -> int:
     app = build_app(model, codec=cfg.codec, fps=cfg.fps_target, micro_batching=not args.no_micro_batching,
                     host=args.host, config=cfg, keyring=keyring, allowed_hosts=allowed_hosts(args),
                     records=RecordStore(args.records), triage=triage_store(args, cfg))
+    allocator.freeze_startup()  # the model and the modules are never garbage: keep gc passes short
     if keyring is not None:
         app.on_startup.append(reload_on_sighup(keyring))
     app.on_startup.append(drain_on_sigterm(app[HUB]))

@@ -93,7 +93,13 @@ class HubCollector:
             hits.add_metric([code], n)
         draining = GaugeMetricFamily("worldlab_draining", "1 while the server drains (no new sessions)")
         draining.add_metric([], float(self.hub.drain_remaining() is not None))
-        yield from (anomalies, hits, draining)
+        releaser = self.hub.releaser
+        releases = CounterMetricFamily("worldlab_memory_releases", "passes freeing closed rooms' memory (a full gc "
+                                       "pass, then malloc_trim; worldlab.allocator)")
+        releases.add_metric([], releaser.count)
+        release_s = CounterMetricFamily("worldlab_memory_release_seconds", "time spent in those passes (s)")
+        release_s.add_metric([], releaser.seconds)
+        yield from (anomalies, hits, draining, releases, release_s)
 
 
 class StageHistograms(Observer):

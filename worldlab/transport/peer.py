@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
 import ipaddress
 import logging
 import math
@@ -31,6 +30,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from worldlab import allocator
 from worldlab.config import WILDCARD_HOSTS, SessionConfig
 from worldlab.engine import Scheduler, Session
 from worldlab.engine.audio import MAX_LEAD_S, SoundScore
@@ -194,15 +194,6 @@ def _add_sound(room: Room, lead_ms: float) -> None:
     room.audio = RoomAudioTrack(room.session, score)
 
 
-def _release_native_memory() -> None:
-    """Hand freed native memory (codec, DTLS and SRTP buffers of closed rooms) back to the OS: glibc keeps
-    it in its arenas otherwise, and a churned server's RSS stays at its peak. No-op off glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class PeerHub:
     def __init__(self, model, scheduler: Scheduler, *, codec: str = "vp8", fps: float = 30.0,
                  keyframe_interval_s: float = 0.75, seed: int = 0, stats_interval_s: float = 1.0,
@@ -241,6 +232,8 @@ class PeerHub:
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
         self._caps_task: asyncio.Task | None = None
+        # Closed rooms' cycles and native buffers are freed shortly after (worldlab.allocator)
+        self.releaser, self._release_task = allocator.Releaser(self.cfg.memory_release_interval_s), None
         self.draining_until: float | None = None  # time.monotonic() of the drain deadline, once draining
         self.drained = asyncio.Event()  # set when a drain has ended every room
 
@@ -326,6 +319,8 @@ class PeerHub:
         self._spawn(self._stats_loop(r))
         if self._caps_task is None or self._caps_task.done():
             self._caps_task = self._spawn(self._caps_loop())
+        if self._release_task is None or self._release_task.done():
+            self._release_task = self._spawn(self.releaser.run())
         return r
 
     def _track(self, r: Room, codec: str, observers=None) -> RoomTrack:
@@ -613,8 +608,7 @@ class PeerHub:
             room.pcs.discard(pc)
             self.pcs.discard(pc)
             await self._close_pc(pc)
-        if not self.rooms:
-            _release_native_memory()
+        self.releaser.freed()
 
     async def close(self) -> None:
         self.closed = True
