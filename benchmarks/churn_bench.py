@@ -221,12 +221,22 @@ async def wait_reaped(http, base: str, timeout: float, keep: int = 0) -> tuple[f
         await asyncio.sleep(0.5)
 
 
-async def releases(http, base: str) -> float:
-    """worldlab_memory_releases_total from /metrics (passes freeing closed rooms' memory, worldlab.allocator)."""
+async def _metric(http, base: str, name: str) -> float:
     async with http.get(f"{base}/metrics") as r:
         text = await r.text()
-    match = re.search(r"^worldlab_memory_releases_total (\S+)$", text, re.M)
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+async def releases(http, base: str) -> float:
+    """worldlab_memory_releases_total from /metrics (passes freeing closed rooms' memory, worldlab.allocator)."""
+    return await _metric(http, base, "worldlab_memory_releases_total")
+
+
+async def release_totals(http, base: str) -> dict:
+    """How many memory releases the server ran and their mean duration (each holds the GIL: a stall)."""
+    n, s = await releases(http, base), await _metric(http, base, "worldlab_memory_release_seconds_total")
+    return {"count": int(n), "mean_ms": round(1000 * s / n, 2) if n else None}
 
 
 async def after_release(http, base: str, timeout: float = 15.0) -> None:
@@ -249,7 +259,7 @@ async def settle(proc: psutil.Process, baseline: dict, timeout: float) -> dict:
 
 
 async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, concurrency: int,
-                  reap_timeout: float) -> dict:
+                  reap_timeout: float, config: dict) -> dict:
     procs = multiprocessing.get_context("forkserver")
     procs.set_forkserver_preload(["aiohttp", "worldlab.transport.client"])  # each killable client: a fork
     url = f"{base}/offer"
@@ -257,11 +267,13 @@ async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, c
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         warm = await churn(http, url, warmup, concurrency, procs)
         await wait_reaped(http, base, reap_timeout)
+        await after_release(http, base)
         baseline = usage(proc)
         t0 = time.monotonic()
         run = await churn(http, url, sessions, concurrency, procs)
         churn_s = time.monotonic() - t0
         reaped_s, h = await wait_reaped(http, base, reap_timeout)
+        await after_release(http, base)
         after = await settle(proc, baseline, 20.0)
     return {
         "sessions": sessions, "concurrency": concurrency, "warmup_sessions": warmup, "churn_s": round(churn_s, 1),
@@ -270,7 +282,7 @@ async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, c
         "reap_goal_s": REAP_GOAL_S, "rooms_after": h["rooms"], "peers_after": h["peers"],
         "baseline": baseline, "after": after,
         "rss_growth_pct": round(100.0 * (after["rss_mb"] - baseline["rss_mb"]) / baseline["rss_mb"], 1),
-        "server_config": CHURN_CONFIG,
+        "server_config": config,
     }
 
 
@@ -310,12 +322,14 @@ async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, 
         reaped_s, h = await wait_reaped(http, base, reap_timeout)
         await after_release(http, base)
         empty = await settle(proc, rows[0], 20.0) if proc is not None else {}
+        released = await release_totals(http, base)
     if proc is None:
         return {"sessions": sessions, "failures": failures, "rows": rows,
                 "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
                 "reaped_within_s": None if reaped_s is None else round(reaped_s, 1)}
     return {"sessions": sessions, "every": every, "concurrency": concurrency, "failures": failures,
             "rows": rows, **rss_trend(rows), "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
+            "witness_max_gap_ms": max(r["witness_max_gap_ms"] for r in rows[1:]), "releases": released,
             "reaped_within_s": None if reaped_s is None else round(reaped_s, 1), "rooms_after": h["rooms"],
             "peers_after": h["peers"], "empty": empty,
             "empty_vs_first_pct": round(100.0 * (empty["rss_mb"] - rows[0]["rss_mb"]) / rows[0]["rss_mb"], 1)}
@@ -333,17 +347,36 @@ def rss_trend(rows: list[dict], from_session: int = 200) -> dict:
             "rss_growth_pct": round(100.0 * (y[-1] - y[0]) / y[0], 2)}
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (threads started later inherit it from their creator)."""
+    for t in psutil.Process(pid).threads():
+        try:
+            os.sched_setaffinity(t.id, cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
 def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8, reap_timeout: float = 120.0,
-        *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None) -> dict:
+        *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None,
+        release_interval_s: float | None = None, split_cores: bool = False) -> dict:
     if url is not None:  # a server someone else runs (benchmarks/memory_profile.py): the witness run only
         return asyncio.run(witnessed(url.rstrip("/"), None, sessions, every, concurrency, reap_timeout))
+    config = dict(CHURN_CONFIG)
+    if release_interval_s is not None:
+        config["memory_release_interval_s"] = release_interval_s
     with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, \
-            serving(work, model=model, config=CHURN_CONFIG) as (base, proc):
+            serving(work, model=model, config=config) as (base, proc):
+        if split_cores:  # the clients stand in for other machines: they must not take the server's core
+            cores = sorted(os.sched_getaffinity(0))
+            if len(cores) < 2:
+                raise ValueError("--split-cores needs at least 2 cores")
+            pin(proc.pid, {cores[0]})
+            pin(os.getpid(), set(cores[1:]))
         if witness:
             out = asyncio.run(witnessed(base, proc, sessions, every, concurrency, reap_timeout))
         else:
-            out = asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout))
-    return {"model": model, **out}
+            out = asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout, config))
+    return {"model": model, "split_cores": split_cores, **out}
 
 
 def main(argv=None) -> int:
@@ -357,16 +390,23 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=100, help="with --witness: sessions between samples")
     ap.add_argument("--model", default="oracle", choices=["oracle", "tiny"])
     ap.add_argument("--url", default=None, help="with --witness: churn this running server instead of starting one")
+    ap.add_argument("--release-interval", type=float, default=None, metavar="S",
+                    help="the server's memory_release_interval_s (0: no release; default: the server's)")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="the server on the first core, this process and every client on the others (as if the "
+                         "clients were other machines); default: all share every core")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if min(args.sessions, args.every, args.concurrency) < 1 or args.warmup < 0:
-        print("churn_bench: --sessions, --every and --concurrency must be >= 1, --warmup >= 0", file=sys.stderr)
+    if min(args.sessions, args.every, args.concurrency) < 1 or args.warmup < 0 or (args.release_interval or 0) < 0:
+        print("churn_bench: --sessions, --every and --concurrency must be >= 1, --warmup and --release-interval "
+              ">= 0", file=sys.stderr)
         return 2
     if args.url and not args.witness:
         print("churn_bench: --url needs --witness", file=sys.stderr)
         return 2
     out = run(args.sessions, args.warmup, args.concurrency, witness=args.witness, every=args.every,
-              model=args.model, url=args.url)
+              model=args.model, url=args.url, release_interval_s=args.release_interval,
+              split_cores=args.split_cores)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
