@@ -15,6 +15,13 @@ from worldlab import env
 from worldlab.engine.metrics import percentiles
 from worldlab.model import start_session
 from worldlab.model.protocol import describe
+from worldlab.model.quantize import block_weight_bytes
+
+
+def _weight_bytes(model) -> dict | None:
+    """The transformer blocks' weight bytes vs bf16 (worldlab.model.quantize), for models built on one."""
+    net = getattr(model, "net", None)
+    return block_weight_bytes(net) if net is not None and hasattr(net, "blocks") else None
 
 
 def bench(model, *, steps=300, batches=(1, 4, 8)) -> dict:
@@ -57,5 +64,5 @@ def bench(model, *, steps=300, batches=(1, 4, 8)) -> dict:
     return {"model_ms_p50": pct["p50"], "model_ms_p95": pct["p95"], "model_ms_p99": pct["p99"],
             "switch_ms": float(np.median(switch)), "switch_ms_max": float(np.max(switch)),
             "fps": 1000.0 / pct["p50"], "batch_fps": batch_fps, "batch_speedup_vs_sequential": ratio,
-            "kv_bytes": model.kv_bytes(s), "model_ms": ms, "threads": torch.get_num_threads(), "steps": steps,
+            "kv_bytes": model.kv_bytes(s), "weight_bytes": _weight_bytes(model), "model_ms": ms, "threads": torch.get_num_threads(), "steps": steps,
             "config": describe(model)}

@@ -16,20 +16,25 @@ from worldlab.kernels.errors import check_block_multiple, check_finite, check_fl
 from worldlab.kernels.nvfp4.format import BLOCK
 
 FORMATS = ("nvfp4", "fp8")
+LOWRANK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # storage of the SVDQuant low-rank branch
 
 
 @dataclass(frozen=True)
 class QuantRecipe:
-    """smooth_alpha: SmoothQuant migration strength (None = off); lowrank_rank: SVDQuant branch rank (0 = off)."""
+    """smooth_alpha: SmoothQuant migration strength (None = off); lowrank_rank: SVDQuant branch rank (0 = off);
+    lowrank_dtype: how the branch is stored ("fp32", or "bf16": half the bytes, computed in fp32 all the same)."""
 
     smooth_alpha: float | None = None
     lowrank_rank: int = 0
+    lowrank_dtype: str = "fp32"
 
     def __post_init__(self):
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
             raise ValueError(f"smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
         if self.lowrank_rank < 0:
             raise ValueError(f"lowrank_rank must be >= 0, got {self.lowrank_rank}")
+        if self.lowrank_dtype not in LOWRANK_DTYPES:
+            raise ValueError(f"lowrank_dtype must be one of {tuple(LOWRANK_DTYPES)}, got {self.lowrank_dtype!r}")
 
     @property
     def name(self) -> str:
@@ -37,7 +42,7 @@ class QuantRecipe:
         if self.smooth_alpha is not None:
             parts.append(f"smooth{self.smooth_alpha:g}")
         if self.lowrank_rank:
-            parts.append(f"lowrank{self.lowrank_rank}")
+            parts.append(f"lowrank{self.lowrank_rank}" + ("" if self.lowrank_dtype == "fp32" else self.lowrank_dtype))
         return "+".join(parts)
 
 
@@ -49,8 +54,8 @@ class QuantizedWeight:
     qweight: object  # NVFP4Tensor (N, K) or FP8Tensor (N, K)
     recipe: QuantRecipe = field(default_factory=QuantRecipe)
     inv_smooth: torch.Tensor | None = None  # (K,) multiply activations by this before quantizing
-    lr_down: torch.Tensor | None = None  # (r, K) fp32
-    lr_up: torch.Tensor | None = None  # (N, r) fp32
+    lr_down: torch.Tensor | None = None  # (r, K) in the recipe's lowrank_dtype
+    lr_up: torch.Tensor | None = None  # (N, r) in the recipe's lowrank_dtype
     _dequantized: torch.Tensor | None = None  # reference-path cache of the (N, K) decoded weight
 
     @property
@@ -106,9 +111,10 @@ def quantize_weight(weight: torch.Tensor, fmt: str = "nvfp4", recipe: QuantRecip
     if recipe.lowrank_rank:
         r = min(recipe.lowrank_rank, min(w.shape))
         U, S, Vh = torch.linalg.svd(w, full_matrices=False)
-        lr_up = (U[:, :r] * S[:r]).contiguous()  # (N, r)
-        lr_down = Vh[:r].contiguous()  # (r, K)
-        w = w - lr_up @ lr_down  # residual R: what the 4-bit path has to carry
+        dtype = LOWRANK_DTYPES[recipe.lowrank_dtype]
+        lr_up = (U[:, :r] * S[:r]).to(dtype).contiguous()  # (N, r)
+        lr_down = Vh[:r].to(dtype).contiguous()  # (r, K)
+        w = w - lr_up.float() @ lr_down.float()  # residual R of the stored branch: what the 4-bit path carries
     q = nvfp4.quantize(w) if fmt == "nvfp4" else fp8.quantize(w)
     return QuantizedWeight(fmt, q, recipe, inv_smooth, lr_down, lr_up)
 
@@ -132,7 +138,7 @@ def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | 
     impl = implementation("linear", x2)
     y = impl.w4a4_matmul(x2, qw) if qw.fmt == "nvfp4" else impl.w8a8_matmul(x2, qw)
     if qw.lr_down is not None:
-        y = y + (x2 @ qw.lr_down.t()) @ qw.lr_up.t()
+        y = y + (x2 @ qw.lr_down.float().t()) @ qw.lr_up.float().t()  # .float(): no copy when stored fp32
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.reshape(*lead, qw.out_features)

@@ -93,3 +93,23 @@ def test_bias_and_leading_dims():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_a_bf16_low_rank_branch_halves_its_bytes_and_keeps_the_accuracy():
+    """The branch stored in bf16 costs (N + K) * r * 2 bytes instead of 4; the 4-bit path carries the residual of
+    the *stored* branch, so the rounding is not lost: SQNR within 0.3 dB of the fp32 branch (measured ~0.05)."""
+    M, K, N, r = 256, 512, 256, 32
+    x, w = heavy_tailed(M, K), decaying_weight(N, K)
+    amax = x.abs().amax(0)
+    q32 = quantize_weight(w, "nvfp4", QuantRecipe(0.5, r), act_amax=amax)
+    q16 = quantize_weight(w, "nvfp4", QuantRecipe(0.5, r, "bf16"), act_amax=amax)
+    assert q16.lr_up.dtype == q16.lr_down.dtype == torch.bfloat16 and q32.lr_up.dtype == torch.float32
+    assert q32.nbytes() - q16.nbytes() == (N + K) * r * 2
+    assert QuantRecipe(0.5, r, "bf16").name == "smooth0.5+lowrank32bf16"
+    y = x @ w.t()
+    assert sqnr_db(y, w4a4_linear(x, q16)) >= sqnr_db(y, w4a4_linear(x, q32)) - 0.3
+
+
+def test_an_unknown_low_rank_dtype_is_refused():
+    with pytest.raises(ValueError, match="lowrank_dtype must be one of"):
+        QuantRecipe(0.5, 8, "fp16")

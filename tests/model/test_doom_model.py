@@ -176,7 +176,21 @@ def test_a_checkpoint_of_the_other_model_is_one_line_naming_what_it_holds(doom_c
 def test_w4a4_keeps_its_low_rank_branch_within_a_sixteenth_of_the_width(doom_ckpt):
     from worldlab.model.doom.world_model import doom_recipes
 
-    assert doom_recipes(CFG)["w4a4"][1].lowrank_rank == CFG.d_model // 16
+    recipe = doom_recipes(CFG)["w4a4"][1]
+    assert 0 < recipe.lowrank_rank <= CFG.d_model // 16 and recipe.lowrank_dtype == "bf16"
+
+
+def test_the_shipped_recipes_weight_bytes_against_bf16():
+    """Issue 24's bar: W4A4 at most 0.35x the bf16 bytes of the block linears (codes, scales, smoothing and the
+    low-rank branch all counted), W8A8 about half, fp32 twice."""
+    from worldlab.model.doom.checkpoint import SHIPPED
+    from worldlab.model.doom.world_model import load_doom
+    from worldlab.model.quantize import block_weight_bytes
+
+    if not SHIPPED.is_file():
+        pytest.skip("no shipped DOOM checkpoint")
+    ratio = {w: block_weight_bytes(load_doom(weights=w).net)["vs_bf16"] for w in ("fp32", "w8a8", "w4a4")}
+    assert ratio["fp32"] == 2.0 and 0.5 <= ratio["w8a8"] <= 0.52 and 0.28 <= ratio["w4a4"] <= 0.35, ratio
 
 
 def test_a_fine_tune_starts_from_its_checkpoint_and_changes_its_weights(doom_ckpt, tmp_path, monkeypatch):

@@ -35,6 +35,16 @@ def block_linears(net) -> dict[str, nn.Linear]:
     return {f"blocks.{i}.{n}": getattr(b, n) for i, b in enumerate(net.blocks) for n in ("qkv", "proj", "fc1", "fc2")}
 
 
+def block_weight_bytes(net) -> dict:
+    """Bytes of the block linears' weights as stored (4/8-bit codes, scales, smoothing, low-rank branch; fp32
+    when not quantized) against the same weights in bf16; biases left out of both."""
+    stored = bf16 = 0
+    for layer in block_linears(net).values():
+        stored += layer.qweight.nbytes() if isinstance(layer, QuantLinear) else layer.weight.numel() * 4
+        bf16 += layer.in_features * layer.out_features * 2
+    return {"bytes": stored, "bf16_bytes": bf16, "vs_bf16": round(stored / bf16, 3)}
+
+
 @torch.no_grad()
 def calibrate(net, batches) -> dict[str, torch.Tensor]:
     """Per-input-channel |x| max of every block linear over calibration batches (forward_seq inputs)."""
