@@ -229,12 +229,28 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_prints_json():
-    out = _cli("--model", "doom-engine", "--seeds", "100000", "--steps", "16", "--json")
+def test_cli_prints_json_and_writes_the_same_figures_to_out(tmp_path):
+    from worldlab.experiments.results import load_dataset
+
+    out = _cli("--model", "doom-engine", "--seeds", "100000", "--steps", "16", "--json", "--out",
+               str(tmp_path / "doom.nc"))
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["world"] == "doom" and r["seeds"] == [100000] and r["steps"] == 16
     assert r["exact_share"] == 1.0 and r["targets"]["teacher_forced_psnr"]["met"]
+    ds = load_dataset(tmp_path / "doom.nc")  # `worldlab eval --out`: the run's figures, baselines beside them
+    assert list(ds.source.values) == ["model", "copy_last", "mean_frame"]
+    assert ds.attrs["model"] == "doom-engine" and ds.attrs["world"] == "doom" and list(np.atleast_1d(ds.attrs["seeds"])) == [100000]
+    for name in ("tf_psnr", "psnr_16", "exact_share"):
+        got = ds[name].sel(source="copy_last").item()
+        want = r["baselines"]["copy_last"][name]
+        assert got == pytest.approx(want["value"] if isinstance(want, dict) else want)
+    assert ds["tf_psnr"].sel(source="model").item() == r["tf_psnr"]["value"]
+    assert ds["turn_ratio"].sel(source="copy_last", horizon=16).item() == 0.0  # copying never turns
+    assert np.isnan(ds["turn_ratio"].sel(source="model", horizon=64).item())  # 16 steps: no 64-step figure
+    assert ds["truth_counterfactual_shift_px"].item() == pytest.approx(r["truth"]["counterfactual_shift_px"])
+    met = dict(zip(ds.target.values, ds.target_met.values))
+    assert met == {k: v["met"] for k, v in r["targets"].items()}
 
 
 @pytest.mark.parametrize("args, message", [

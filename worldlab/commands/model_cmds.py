@@ -160,7 +160,7 @@ def run_eval(args) -> int:
     started = now()
     model = build_model(args)
     if getattr(model, "world", None) == "doom":
-        return _run_doom_eval(args, model, seeds)
+        return _run_doom_eval(args, model, seeds, started)
     if args.map is not None or args.prompt is not None:
         raise ValueError("--map and --prompt apply to DOOM models only")
     seeds, steps = seeds or [1, 2, 3], 64 if args.steps is None else args.steps
@@ -190,16 +190,19 @@ def _print_gallery(res: dict, steps: int) -> None:
         print(f"gallery            {res['gallery']}: steps {shown}{note}")
 
 
-def _run_doom_eval(args, model, seeds) -> int:
+def _run_doom_eval(args, model, seeds, started: str) -> int:
     """`worldlab eval` for a model of the DOOM world (worldlab.doom_eval): the real game is the truth."""
     from worldlab import doom_eval
+    from worldlab.experiments.measure import doom_eval_dataset
+    from worldlab.experiments.results import save_dataset
 
-    if args.out:
-        raise ValueError("--out is not written for DOOM models yet; use --json")
     steps = doom_eval.DEFAULT_STEPS if args.steps is None else args.steps
     res = doom_eval.evaluate(model, seeds or doom_eval.DEFAULT_SEEDS, steps,
                              prompt=doom_eval.DEFAULT_PROMPT if args.prompt is None else args.prompt,
                              map=args.map, gallery_path=args.gallery)
+    if args.out:
+        save_dataset(doom_eval_dataset(res, _toggles_of(args), model, checkpoint=args.checkpoint,
+                                       started_at=started), args.out)
     if args.json:
         print(json.dumps(res, allow_nan=False))
         return 0

@@ -108,6 +108,78 @@ def bench_dataset(res: dict, toggles: Toggles, checkpoint=None, started_at: str 
     return ds
 
 
+# `worldlab eval --out` for a DOOM model (worldlab.doom_eval.evaluate's figures): each figure over `source` (the
+# model and the baselines measured in the same run), intervals over `bound`, turns over `horizon`, window recall
+# over `recall_k`, the prompt switch's histogram distance over `switch_frame`, every target's value, bar and
+# verdict over `target`, and the true game's own figures as truth_*.
+DOOM_FIGURES = ("tf_psnr", "tf_ssim", "tf_sharpness", "psnr_16", "ssim_16", "sharpness_16", "psnr_64", "ssim_64",
+                "sharpness_64", "psnr_all", "sharpness_last", "persistence_psnr_16", "exact_share", "flat_frames",
+                "collapse", "counterfactual_shift_px", "counterfactual_ratio", "switch_luma_psnr")
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _figure(fig) -> tuple[float, tuple[float, float]]:
+    """A figure as doom_eval writes it ({value, ci}, {value, sharp} or a bare number) -> (value, (low, high))."""
+    if isinstance(fig, dict):
+        ci = fig.get("ci") or (None, None)
+        return _num(fig.get("value")), (_num(ci[0]), _num(ci[1]))
+    return _num(fig), (float("nan"), float("nan"))
+
+
+def doom_eval_dataset(res: dict, toggles: Toggles, model, *, checkpoint=None, started_at: str | None = None) -> xr.Dataset:
+    """worldlab.doom_eval.evaluate() output -> a Dataset (see DOOM_FIGURES above), with toggles and provenance."""
+    runs = {"model": res, **res["baselines"]}
+    sources = list(runs)
+    horizons = sorted(res["turns"], key=int)
+    ks = sorted(res["window_recall_psnr"] or {}, key=int)
+
+    def part(fig, key):  # a figure a short run leaves out (None) reads as NaN
+        return (fig or {}).get(key)
+
+    data = {}
+    for name in DOOM_FIGURES:
+        figs = [_figure(runs[src].get(name)) for src in sources]
+        data[name] = (("source",), [f[0] for f in figs])
+        data[f"{name}_ci"] = (("source", "bound"), [f[1] for f in figs])
+    turns = {src: runs[src]["turns"] or {} for src in sources}
+    data["turn_agreement"] = (("source", "horizon"), [[_num(part(turns[s].get(h), "agreement")) for h in horizons]
+                                                      for s in sources])
+    ratio = [[_figure(part(turns[s].get(h), "ratio")) for h in horizons] for s in sources]
+    data["turn_ratio"] = (("source", "horizon"), [[r[0] for r in row] for row in ratio])
+    data["turn_ratio_ci"] = (("source", "horizon", "bound"), [[r[1] for r in row] for row in ratio])
+    recall = [[_figure(part(runs[s]["window_recall_psnr"], k)) for k in ks] for s in sources]
+    data["window_recall_psnr"] = (("source", "recall_k"), [[r[0] for r in row] for row in recall])
+    data["window_recall_psnr_ci"] = (("source", "recall_k", "bound"), [[r[1] for r in row] for row in recall])
+    n_switch = len(res["switch_hist_dist"] or ())
+    data["switch_hist_dist"] = (("source", "switch_frame"), [[_num(v) for v in runs[s]["switch_hist_dist"] or
+                                                               [None] * n_switch] for s in sources])
+    truth = res["truth"]
+    data["truth_turn_agreement"] = (("horizon",), [_num(part((truth["turns"] or {}).get(h), "agreement"))
+                                                   for h in horizons])
+    data["truth_window_return_psnr"] = (("recall_k",), [_num(part(truth["window_return_psnr"], k)) for k in ks])
+    data["truth_counterfactual_shift_px"] = _num(truth["counterfactual_shift_px"])
+    targets = list(res["targets"])
+    data["target_value"] = (("target",), [_num(res["targets"][t]["value"]) for t in targets])
+    data["target_bar"] = (("target",), [_num(res["targets"][t]["bar"]) for t in targets])
+    data["target_op"] = (("target",), [res["targets"][t]["op"] for t in targets])
+    data["target_met"] = (("target",), [bool(res["targets"][t]["met"]) for t in targets])
+    ds = xr.Dataset(data, coords={"source": sources, "bound": ["low", "high"], "horizon": [int(h) for h in horizons],
+                                  "recall_k": [int(k) for k in ks], "switch_frame": np.arange(1, n_switch + 1),
+                                  "target": targets})
+    for k in ("kv_bytes", "model_ms_p50", "model_ms_p95"):
+        ds[k] = _num(res[k])
+    ds = ds.assign_coords(toggles.to_dict())
+    ds.attrs.update(provenance(checkpoint, started_at=started_at, model=model))
+    ds.attrs.update({"steps": int(res["steps"]), "seeds": list(res["seeds"]), "model": str(describe(model)["model"]),
+                     "world": "doom", "map": str(res["map"]), "prompt": str(res["prompt"]),
+                     "switch_to": str(res["switch_to"])})
+    _describe_vars(ds)
+    return ds
+
+
 UNITS = {"psnr": "dB", "mse": "", "ssim": "", "agent_err_px": "px", "model_ms": "ms", "encode_ms": "ms",
          "frame_bytes": "bytes", "kv_bytes": "bytes", "rss_bytes": "bytes", "bitrate_kbps": "kbit/s"}
 
