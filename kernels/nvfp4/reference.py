@@ -23,9 +23,11 @@ from worldlab.kernels.nvfp4.format import (
 
 
 def per_tensor_scale(x: torch.Tensor) -> torch.Tensor:
-    """amax / 2688 as an fp32 scalar; an all-zero tensor gets 1.0 so that 1/pts stays finite."""
+    """amax / 2688 as an fp32 scalar; an all-zero tensor gets 1.0 so that 1/pts stays finite, and a tensor so
+    small that amax / 2688 leaves fp32's normal range (amax < 3.2e-35, e.g. one subnormal) gets the smallest
+    normal fp32: dividing by an underflowed 0 made NaN (found by hypothesis); such values quantize to 0."""
     amax = x.detach().abs().amax().to(torch.float32)
-    pts = amax / PER_TENSOR_DIVISOR
+    pts = (amax / PER_TENSOR_DIVISOR).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.where(amax > 0, pts, torch.ones_like(pts))
 
 

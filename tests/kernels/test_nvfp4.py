@@ -104,6 +104,16 @@ def test_requantizing_dequantized_values_is_idempotent(values, reps):
     assert bool(((torch.sign(nvfp4.dequantize(t)) * torch.sign(x)) >= 0).all())
 
 
+def test_a_tensor_of_one_subnormal_quantizes_to_finite_values_not_nan():
+    """The example hypothesis found: amax / 2688 underflowed to 0 and the block scale divided by it."""
+    x = torch.tensor([[0.0] * 15 + [1.401298464324817e-45]])
+    t = nvfp4.quantize(x)
+    assert float(t.per_tensor_scale) == torch.finfo(torch.float32).tiny
+    y = nvfp4.dequantize(t)
+    assert bool(torch.isfinite(y).all()) and float((y - x).abs().max()) < torch.finfo(torch.float32).tiny
+    assert torch.equal(nvfp4.quantize(y, per_tensor_scale=t.per_tensor_scale).packed, t.packed)
+
+
 @pytest.mark.parametrize("bad, match", [
     (torch.ones(4, 16, dtype=torch.int32), "x must be float32"),
     (torch.ones(4, 20), r"x.shape\[-1\] = 20 must be a multiple of 16"),
