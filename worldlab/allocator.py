@@ -46,11 +46,12 @@ def freeze_startup() -> int:
     return gc.get_freeze_count()
 
 
-def release() -> float:
-    """Free unreachable cycles (and the native buffers they hold), then hand free pages of every arena back to
-    the OS (malloc_trim, glibc only). Returns the seconds it took."""
+def release(collect: bool = True) -> float:
+    """Free unreachable cycles (and the native buffers they hold) when `collect`, then hand free pages of every
+    arena back to the OS (malloc_trim, glibc only). Returns the seconds it took."""
     t0 = time.perf_counter()
-    gc.collect()
+    if collect:
+        gc.collect()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -79,5 +80,7 @@ class Releaser:
         while True:
             await asyncio.sleep(self.interval_s)
             if self.due(time.monotonic()):
-                self.last_s = await loop.run_in_executor(None, release)
+                # A full gc pass is cheap only once the start-up heap is frozen (serve); in a notebook kernel or
+                # a test process it would walk everything they hold, with the GIL, so there: the trim alone.
+                self.last_s = await loop.run_in_executor(None, release, gc.get_freeze_count() > 0)
                 self.count, self.seconds = self.count + 1, self.seconds + self.last_s

@@ -54,9 +54,9 @@ def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path):
         print(f"{model}: page shifts per 100 ms: left {np.round(left, 1)}, right {np.round(right, 1)}")
         # Turning left slides the picture right (positive shift): ~3 frames x 3.6 px per sample at 30 fps, 0 for
         # a sample that caught no new frame (a busy CI machine). A sample over a textureless stretch of wall can
-        # misread by a few px (+2.7 seen during a right turn), never by a turn's worth.
-        assert (left < -3).sum() == 0 and (left > 1).sum() >= 5 and left.sum() > 25, left
-        assert (right > 3).sum() == 0 and (right < -1).sum() >= 5 and right.sum() < -25, right
+        # misread (+2.7 and once +5.1 seen during a right turn): one such sample is allowed, a mirrored view fails.
+        assert (left < -3).sum() <= 1 and (left > 1).sum() >= 5 and left.sum() > 25, left
+        assert (right > 3).sum() <= 1 and (right < -1).sum() >= 5 and right.sum() < -25, right
 
         if model == "doom":
             return  # the learned model does not yet recolour on a prompt switch (docs/model.md: a missed target)
