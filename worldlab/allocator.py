@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import os
 import time
@@ -19,6 +20,7 @@ M_ARENA_MAX = -8  # mallopt parameter number (glibc malloc.h)
 RELEASE_SETTLE_S = 30.0  # keep releasing this long after the last room closed: peers finish closing in stages
 
 
+@functools.lru_cache(maxsize=1)  # loaded once, not on every release pass
 def _libc():
     try:
         libc = ctypes.CDLL("libc.so.6")
