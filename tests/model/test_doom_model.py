@@ -43,7 +43,7 @@ def test_streaming_heads_equal_the_parallel_pass():
     for keys in [("left",), ("up",), ("left",)]:
         z_in.append(s.last_z.clone())
         acts.append(env.action_id(keys))
-        streamed = m._advance([s], torch.tensor([acts[-1]]))
+        streamed = m.net.heads(m._advance([s], torch.tensor([acts[-1]])))
         # roll the state on as step would, with the streamed heads' frame
         frames = m._render([s], *streamed)
         z = tokens(m.tok.encode(frames))
@@ -200,6 +200,8 @@ def test_a_fine_tune_starts_from_its_checkpoint_and_changes_its_weights(doom_ckp
 
     from worldlab.model.doom import data as dd
     from worldlab.model.doom.checkpoint import load
+    from worldlab.model.doom.grade import GradeConfig
+    from worldlab.model.doom.sampler import SamplerConfig
     from worldlab.model.doom.train import own_pass_weight, parse_overrides, train
 
     frames = np.stack([_frames(8, seed=s) for s in range(2)])  # 2 synthetic episodes of 7 steps
@@ -210,8 +212,11 @@ def test_a_fine_tune_starts_from_its_checkpoint_and_changes_its_weights(doom_ckp
     assert [own_pass_weight(cfg, k) for k in (1, 2, 3)] == [0.0, 1.0, 3.0]
     before, tok0, *_ = load(doom_ckpt)
     out = tmp_path / "ft.safetensors"
-    summary = train(out, cfg, steps=1, progress=False, init=doom_ckpt, episodes=2)
-    after, tok1, calib, extra, _digest = load(out)
+    summary = train(out, cfg, steps=1, progress=False, init=doom_ckpt, episodes=2,
+                    grade=GradeConfig(steps=2), sampler=SamplerConfig(steps=2, channels=16, blocks=1))
+    after, tok1, calib, extra, _digest, grade, sampler = load(out)
+    assert grade is not None and sampler is not None and sampler.cfg.d_model == CFG.d_model
+    assert extra["grade_steps"] == 2 and extra["sampler_steps"] == 2
     assert after.cfg.d_model == CFG.d_model and after.cfg.own_passes == 3 and after.cfg.seq_frames == 4
     assert summary["steps_done"] == 1 and extra["init"] == str(doom_ckpt) and calib
     assert all(torch.equal(a, b) for a, b in zip(tok0.state_dict().values(), tok1.state_dict().values()))
@@ -219,3 +224,12 @@ def test_a_fine_tune_starts_from_its_checkpoint_and_changes_its_weights(doom_ckp
     assert sum(moved) >= len(moved) // 2, moved
     with pytest.raises(ValueError, match="--set takes FIELD=VALUE"):
         parse_overrides(["d_model=256"])
+    # no steps: the dynamics as they were, the grade and the sampler trained on them (how a checkpoint gets them)
+    heads_only = tmp_path / "heads.safetensors"
+    train(heads_only, cfg, steps=0, progress=False, init=out, episodes=2,
+          grade=GradeConfig(steps=2), sampler=SamplerConfig(steps=2, channels=16, blocks=1))
+    same, *_rest, grade0, sampler0 = load(heads_only)
+    assert all(torch.equal(a, b) for a, b in zip(after.state_dict().values(), same.state_dict().values()))
+    assert grade0 is not None and sampler0 is not None
+    with pytest.raises(ValueError, match=r"steps must be >= 1 \(or 0 with init: re-train only"):
+        train(heads_only, cfg, steps=0, progress=False, episodes=2)

@@ -26,7 +26,8 @@ def register(sub) -> None:
                    help="micro | tiny | conv (the conv plug-in: worldlab.train_conv) | doom (the DOOM world model "
                         "over the shipped DOOM tokenizer) | doom-tokenizer")
     t.add_argument("--out", required=True, help="output .safetensors path (a .metrics.jsonl log goes beside it)")
-    t.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    t.add_argument("--steps", type=int, default=None,
+                   help="override the preset's step count (doom: 0 with --init trains only its grade and sampler)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, help="continue from this checkpoint (same preset) instead of scratch")
     t.add_argument("--lr", type=float, default=None, help="override the preset's peak learning rate")

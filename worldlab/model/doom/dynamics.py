@@ -99,8 +99,8 @@ class DoomDynamics(nn.Module):
         flow = torch.tanh(out[..., :2, :, :]) * self.cfg.max_flow_px
         return flow, out[..., 2:3, :, :], torch.tanh(out[..., 3:, :, :])
 
-    def forward_seq(self, z, actions, styles, window: int, frame_ids=None, return_kv: bool = False):
-        """Teacher-forced parallel pass over F frames -> heads (each (B, F, ., gh, gw)) [, per-layer K/V]."""
+    def hidden_seq(self, z, actions, styles, window: int, frame_ids=None):
+        """Teacher-forced parallel pass over F frames -> the last block's tokens (B, F, T, d), per-layer K/V."""
         B, Fr, T, _ = z.shape
         ids = torch.arange(Fr, device=z.device) if frame_ids is None else frame_ids
         fb = frame_mask(ids, ids, self.cfg.sink, window, self.slopes)  # (H, F, F)
@@ -110,8 +110,17 @@ class DoomDynamics(nn.Module):
         for blk in self.blocks:
             x, k, v = blk.forward_seq(x, bias)
             kvs.append((k, v))
-        out = self.heads(x.view(B, Fr, T, -1))
+        return x.view(B, Fr, T, -1), kvs
+
+    def forward_seq(self, z, actions, styles, window: int, frame_ids=None, return_kv: bool = False):
+        """Teacher-forced parallel pass over F frames -> heads (each (B, F, ., gh, gw)) [, per-layer K/V]."""
+        x, kvs = self.hidden_seq(z, actions, styles, window, frame_ids)
+        out = self.heads(x)
         return (out, kvs) if return_kv else out
+
+    def condition(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., T, d) -> the normalised tokens as a grid (..., d, gh, gw): what the latent sampler reads."""
+        return self.norm_out(h).transpose(-1, -2).unflatten(-1, self.cfg.grid)
 
 
 def tokens(z: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Train the DOOM dynamics (worldlab.model.doom.dynamics) over the frozen shipped tokenizer on explorer episodes,
 every style, with mid-sequence style switches and passes on the model's own frames (training against drift);
-from scratch or fine-tuning a DOOM checkpoint (`init`).
+from scratch or fine-tuning a DOOM checkpoint (`init`); then the style grade a prompt switch uses (grade.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ from worldlab.doom import STYLES
 from worldlab.model.doom import data as dd
 from worldlab.model.doom.checkpoint import save
 from worldlab.model.doom.dynamics import DoomConfig, DoomDynamics, compose, tokens, upsample
+from worldlab.model.doom.grade import GradeConfig, train_grade
+from worldlab.model.doom.sampler import SamplerConfig, train_sampler
 from worldlab.model.doom.tokenizer import load as load_tokenizer
 from worldlab.model.doom.train_tokenizer import gradient_l1_per_frame
 from worldlab.model.quantize import calibrate
 
 TRAIN_EPISODES = 64  # explorer episodes of 300 steps on training seeds 0..63 (~19k frames, ~15 s to generate)
+GRADE_EVERY = 10  # the grade learns from every 10th training frame (~2k frames: colours, not motion)
+SAMPLER_BUDGET_MIN = 20.0  # the sampler trains after the dynamics, on them frozen, for its steps or this long
 
 
 def batch(eps: dd.Episodes, rng: np.random.Generator, cfg: DoomConfig):
@@ -124,22 +128,27 @@ def parse_overrides(items) -> dict:
 
 def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | None = None,
           budget_min: float | None = None, progress: bool = True, tokenizer=None, episodes: int = TRAIN_EPISODES,
-          cache_dir=dd.DEFAULT_CACHE, init=None) -> dict:
+          cache_dir=dd.DEFAULT_CACHE, init=None, grade: GradeConfig = GradeConfig(),
+          sampler: SamplerConfig | None = SamplerConfig(), sampler_budget_min: float = SAMPLER_BUDGET_MIN) -> dict:
     """Train from scratch, or fine-tune the DOOM checkpoint `init` (its architecture and its own tokenizer copy,
-    `cfg`'s training fields, a fresh optimizer and a short warm-up); save to `out` (+ `.metrics.jsonl`); stops
-    at `steps` or `budget_min`, whichever first."""
+    `cfg`'s training fields, a fresh optimizer and a short warm-up); the dynamics stop at `steps` or
+    `budget_min`, whichever first; then the style grade and (unless `sampler` is None) the latent sampler on the
+    frozen dynamics. Saves to `out` (+ `.metrics.jsonl`)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cfg = replace(cfg, steps=steps or cfg.steps)
+    if steps is not None and (steps < 0 or (steps == 0 and init is None)):
+        raise ValueError(f"steps must be >= 1 (or 0 with init: re-train only the grade, sampler and calibration), "
+                         f"got {steps}")
+    cfg = replace(cfg, steps=cfg.steps if steps is None else steps)
     init_info = {}
     if init is not None:
         if tokenizer is not None:
             raise ValueError("a fine-tune uses its init checkpoint's own tokenizer; give init or tokenizer, not both")
         from worldlab.model.doom.checkpoint import load as load_checkpoint
 
-        net, tok, _calib, init_extra, digest = load_checkpoint(init)
+        net, tok, _calib, init_extra, digest, *_ = load_checkpoint(init)
         cfg = replace(net.cfg, **{f: getattr(cfg, f) for f in TRAINING_FIELDS})
         cfg = replace(cfg, warmup=min(cfg.warmup, FINETUNE_WARMUP))
         net.cfg = cfg
@@ -158,6 +167,7 @@ def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | No
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, budget = time.monotonic(), (budget_min or math.inf) * 60
     bar = tqdm(range(cfg.steps), desc="doom dynamics", disable=not progress)
+    done = 0  # steps taken (0: a fine-tune of no steps re-trains only the grade and the calibration)
     with open(log, "w") as f:
         for step in bar:
             elapsed = time.monotonic() - t0
@@ -186,6 +196,7 @@ def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | No
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
+            done = step + 1
             if step % 25 == 0:
                 rec = {"step": step, "loss": round(loss.item(), 5), "seconds": round(elapsed, 1)}
                 f.write(json.dumps(rec) + "\n")
@@ -193,9 +204,18 @@ def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | No
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     net.eval()
     calib = calibrate(net, _calibration(eps, tok, cfg, rng))
-    wall = time.monotonic() - t0
-    extra = {"seed": seed, "steps_done": step + 1, "wall_s": round(wall, 1), "episodes": episodes, **init_info}
-    digest = save(out, net, tok, calib, extra)
+    dyn_wall = time.monotonic() - t0
+    grade, grade_info = train_grade(eps.frames[:, ::GRADE_EVERY].reshape(-1, *eps.frames.shape[2:]), grade, seed=seed)
+    latent_sampler, sampler_info = None, {}
+    if sampler is not None:
+        with open(log, "a") as f:
+            latent_sampler, sampler_info = train_sampler(
+                net, tok, eps, replace(sampler, d_model=cfg.d_model, latent=cfg.latent), seed=seed,
+                budget_min=sampler_budget_min, progress=progress,
+                log=lambda rec: (f.write(json.dumps(rec) + "\n"), f.flush()))
+    extra = {"seed": seed, "steps_done": done, "wall_s": round(dyn_wall, 1), "episodes": episodes, **grade_info,
+             **sampler_info, **init_info}
+    digest = save(out, net, tok, calib, extra, grade, latent_sampler)
     return {"out": str(out), "checkpoint": digest, **extra}
 
 

@@ -32,6 +32,7 @@ class DoomState:
     last: torch.Tensor | None = None  # (3, H, W) newest frame in [0, 1]: what the next warp reads
     last_z: torch.Tensor | None = None  # (T, C) its tokens, not yet in the cache
     carry: torch.Tensor | None = None  # (2, H, W) sub-pixel flow not yet applied (nearest warps)
+    noise: torch.Generator | None = None  # the sampler's draws: one stream per session, seeded at reset
     history: dict = field(default_factory=dict)  # frame id -> (tokens (T, C), action id) of cached frames
 
 
@@ -42,7 +43,8 @@ class DoomWorldModel:
     world = "doom"
 
     def __init__(self, net: DoomDynamics, tok: DoomTokenizer, *, weights="fp32", kv="none", window="short",
-                 device="cpu", checkpoint_hash: str = "", warp_mode: str = "nearest", map: str = doom.DEFAULT_MAP):
+                 device="cpu", checkpoint_hash: str = "", warp_mode: str = "nearest", map: str = doom.DEFAULT_MAP,
+                 grade=None, sampler=None, sample_seed: int = 0):
         if kv not in KINDS:
             raise ValueError(f"kv must be one of {KINDS}, got {kv!r}")
         if warp_mode not in WARP_MODES:
@@ -53,11 +55,15 @@ class DoomWorldModel:
         self.window = self.cfg.window(window)
         self.device = torch.device(device)
         self.checkpoint_hash, self.map = checkpoint_hash, map
+        self.grade = None if grade is None else grade.to(self.device).eval()  # StyleGrade: the prompt switch's look
+        self.sampler = None if sampler is None else sampler.to(self.device).eval()  # LatentSampler: draws, not means
+        self.sample_seed = sample_seed
 
     def describe(self) -> dict:
         return {"model": "doom", "weights": self.weights, "kv": self.kv, "window": self.window_name,
                 "window_frames": self.window, "sink": self.cfg.sink, "warp": self.warp_mode,
-                "checkpoint": self.checkpoint_hash, "map": self.map}
+                "checkpoint": self.checkpoint_hash, "map": self.map, "grade": self.grade is not None,
+                "sampler": self.sampler.cfg.sample_steps if self.sampler is not None else 0}
 
     # -- protocol ------------------------------------------------------------------------------
     def init_state(self, prompt: str) -> DoomState:
@@ -96,7 +102,7 @@ class DoomWorldModel:
         if any(s.last is None for s in states):
             raise ValueError("step before prefill: call prefill (or start_session) first")
         act = torch.tensor([env.action_id(a) for a in actions], device=self.device)
-        flow, keep, znew = self._advance(states, act)
+        flow, keep, znew = self._predict(states, self._advance(states, act))
         frames = self._render(states, flow, keep, znew)  # (B, 3, H, W), already on the uint8 grid
         z = tokens(self.tok.encode(frames))  # (B, 48, C): what the next step sees of these frames
         for i, s in enumerate(states):
@@ -107,9 +113,13 @@ class DoomWorldModel:
         return to_frames(frames)
 
     def recache(self, state: DoomState, prompt: str) -> None:
-        """Prompt switch: recompute every cached frame's K/V under the new style's conditioning."""
-        state.prompt, state.style = prompt, doom.style_for_prompt(prompt)
+        """Prompt switch: recompute every cached frame's K/V under the new style's conditioning, and (with a
+        grade) redraw the newest frame in the new style, so what the warp carries forward has the new look."""
+        old, state.prompt, state.style = state.style, prompt, doom.style_for_prompt(prompt)
         with torch.inference_mode():
+            if self.grade is not None and state.last is not None and old != state.style:
+                state.last = self.grade.apply(state.last, old, state.style)
+                state.last_z = tokens(self.tok.encode(state.last[None]))[0]
             self._rebuild(state)
 
     def reset(self, state: DoomState) -> None:
@@ -117,6 +127,7 @@ class DoomWorldModel:
             c.reset()
         state.history.clear()
         state.next_id, state.last, state.last_z, state.carry = 0, None, None, None
+        state.noise = torch.Generator(device=self.device).manual_seed(self.sample_seed)
 
     def kv_bytes(self, state: DoomState) -> int:
         return sum(c.kv_bytes() for c in state.caches)
@@ -144,7 +155,7 @@ class DoomWorldModel:
 
     def _advance(self, states, act: torch.Tensor):
         """One block per session (its newest frame's tokens + the held keys): caches written, frame noted ->
-        flow (B, 2, gh, gw), keep logits (B, 1, gh, gw), new latent (B, C, gh, gw) for the next frame."""
+        the last block's tokens (B, T, d)."""
         net = self.net
         ids = torch.tensor([s.next_id for s in states], device=self.device)
         slots = torch.tensor([s.caches[0].slot_for(s.next_id) for s in states], device=self.device)
@@ -154,7 +165,16 @@ class DoomWorldModel:
             q, k, v = blk.split_qkv(x)  # each (B, H, T, Dh)
             x = blk.finish(x, attend_each(states, layer, q, k, v, slots, ids, net.slopes))
         note_frames(states)
-        return net.heads(x)
+        return x
+
+    def _predict(self, states, x: torch.Tensor):
+        """The last block's tokens -> flow (B, 2, gh, gw), keep logits (B, 1, gh, gw) and the new latent
+        (B, C, gh, gw): the regression head's mean, or with a sampler a draw from each session's own noise."""
+        flow, keep, znew = self.net.heads(x)
+        if self.sampler is not None:
+            noise = torch.stack([torch.randn(znew.shape[1:], generator=s.noise, device=self.device) for s in states])
+            znew = self.sampler.sample(self.net.condition(x), znew, noise)
+        return flow, keep, znew
 
     def _render(self, states, flow, keep, znew) -> torch.Tensor:
         """Compose each session's next frame from its newest frame; nearest warps move whole pixels and carry the
@@ -186,11 +206,11 @@ def load_doom(checkpoint=None, *, weights="fp32", kv="none", window="short", dev
     from worldlab.model.quantize import quantize_model
 
     Toggles(weights, window, kv)  # one clear error for a bad value, before the checkpoint loads
-    net, tok, calib, _extra, digest = load(checkpoint, device=device)
+    ck = load(checkpoint, device=device)
     if weights != "fp32":
-        quantize_model(net, weights, calib, recipes=doom_recipes(net.cfg))
-    return DoomWorldModel(net, tok, weights=weights, kv=kv, window=window, device=device,
-                          checkpoint_hash=digest, warp_mode=warp_mode)
+        quantize_model(ck.net, weights, ck.calib, recipes=doom_recipes(ck.net.cfg))
+    return DoomWorldModel(ck.net, ck.tok, weights=weights, kv=kv, window=window, device=device,
+                          checkpoint_hash=ck.digest, warp_mode=warp_mode, grade=ck.grade, sampler=ck.sampler)
 
 
 def doom_model(*, toggles=None, device: str = "cpu", checkpoint=None) -> DoomWorldModel:
