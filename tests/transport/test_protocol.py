@@ -41,8 +41,8 @@ def test_every_message_type_parses(raw, kind, body):
 
 
 @pytest.mark.parametrize("raw, code", [
-    ("x" * (protocol.MAX_MESSAGE_BYTES + 1), "too_large"),
-    ("é" * (protocol.MAX_MESSAGE_BYTES // 2 + 1), "too_large"),  # counted in UTF-8 bytes, not characters
+    ("x" * (SessionConfig.max_message_bytes + 1), "too_large"),
+    ("é" * (SessionConfig.max_message_bytes // 2 + 1), "too_large"),  # counted in UTF-8 bytes, not characters
     ("{not json", "bad_json"),
     (b"\xff\xfe{}", "bad_json"),  # not UTF-8
     ("", "bad_json"),
@@ -145,11 +145,12 @@ def test_huge_integer_timestamp_is_bad_field():
 
 
 def test_limits_come_from_the_session_config():
-    assert protocol.MAX_MESSAGE_BYTES == SessionConfig.max_message_bytes
-    assert protocol.MAX_JSON_DEPTH == SessionConfig.max_json_depth
+    """Without a config, parse applies SessionConfig's defaults (the one place they are written)."""
+    assert not hasattr(protocol, "MAX_MESSAGE_BYTES") and not hasattr(protocol, "MAX_JSON_DEPTH")
     depth = SessionConfig.max_json_depth
     ok = '{"v":1,"seq":1,"type":"ping","t":1,"x":' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
     assert protocol.parse(ok).type == "ping"  # exactly at the limit is fine
+    assert code_of(ok.replace("[", "[[", 1).replace("]", "]]", 1)) == "bad_json"  # one deeper is not
 
 
 def test_json_depth_is_linear_and_ignores_strings():

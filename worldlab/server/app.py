@@ -358,7 +358,7 @@ async def _socket_room(request, upgrade: bool):
 
 
 async def _refuse_socket(request, ws: web.WebSocketResponse, refusal: web.Response) -> web.WebSocketResponse:
-    err = protocol.loads(refusal.body)["error"]
+    err = protocol.loads(refusal.body, request.app[CONFIG].max_json_depth)["error"]
     retry = refusal.headers.get("Retry-After")
     extra = {"retry_after_s": float(retry)} if retry is not None else {}
     await ws.prepare(request)

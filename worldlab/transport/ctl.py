@@ -44,7 +44,7 @@ class Ctl:
 
     def _receive(self, room, channel, raw, viewer: bool) -> None:
         try:
-            msg = protocol.parse(raw, viewer=viewer)
+            msg = protocol.parse(raw, viewer=viewer, cfg=self.cfg)
         except protocol.ProtocolError as exc:
             if exc.code == "prompt_refused":
                 safety.REVIEW.flag(room.session.id, "prompt", str(exc))

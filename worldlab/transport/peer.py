@@ -142,8 +142,8 @@ def _cap_sctp_messages(pc, limit: int, on_violation) -> bool:
     connection: after each chunk we measure the partial message that chunk belongs to (its run of
     consecutive TSNs) and, past the limit, drop the stream's fragments, ignore the peer's further chunks and
     call `on_violation` (which closes the connection). Complete messages up to the limit still reach
-    protocol.parse, which answers `too_large` above MAX_MESSAGE_BYTES. Returns False if the hook could not be
-    installed (aiortc internals changed), in which case only the advertised size protects us."""
+    protocol.parse, which answers `too_large` above the config's max_message_bytes. Returns False if the hook
+    could not be installed (aiortc internals changed), in which case only the advertised size protects us."""
     try:
         from aiortc import rtcsctptransport as sctp_mod
 

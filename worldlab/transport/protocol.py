@@ -19,8 +19,6 @@ from worldlab.config import SessionConfig
 from worldlab.security import safety
 
 VERSION = 1
-MAX_MESSAGE_BYTES = SessionConfig.max_message_bytes
-MAX_JSON_DEPTH = SessionConfig.max_json_depth
 CLIENT_TYPES = ("action", "prompt", "ping", "quality", "report")
 # A spectator may measure its RTT and report what its page measured; it cannot steer the world or change
 # the stream.
@@ -68,7 +66,7 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def loads(raw, max_depth: int = MAX_JSON_DEPTH):
+def loads(raw, max_depth: int):
     """json.loads that raises nothing but ValueError: bad UTF-8, bad JSON, and nesting deeper than
     `max_depth` (JSONTooDeep, checked before parsing, so a "[[[[..." bomb never reaches the recursive
     decoder; RecursionError or any other decoder failure is turned into ValueError as well)."""
@@ -85,21 +83,12 @@ def loads(raw, max_depth: int = MAX_JSON_DEPTH):
         raise ValueError(f"JSON could not be decoded ({type(exc).__name__})") from None
 
 
-def parse(raw, *, viewer: bool = False) -> Message:
+def parse(raw, *, viewer: bool = False, cfg: SessionConfig | None = None) -> Message:
     """Validate one client message (str or bytes) -> Message, or raise ProtocolError (never anything else).
 
-    viewer=True: the sender is a spectator; anything but VIEWER_TYPES is refused with `forbidden`."""
-    if not isinstance(raw, (str, bytes, bytearray, memoryview)):
-        raise ProtocolError("bad_message", f"message must be text or bytes, got {type(raw).__name__}")
-    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
-    try:
-        msg = loads(raw)
-    except JSONTooDeep as exc:
-        raise ProtocolError("bad_json", f"message is not accepted: {exc}") from None
-    except ValueError:
-        raise ProtocolError("bad_json", "message is not valid JSON") from None
+    viewer=True: the sender is a spectator; anything but VIEWER_TYPES is refused with `forbidden`.
+    cfg: the session's config, whose max_message_bytes and max_json_depth apply (None: SessionConfig's)."""
+    msg = _decode(raw, cfg or SessionConfig())
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", "message must be a JSON object")
     if msg.get("v") != VERSION:
@@ -113,6 +102,21 @@ def parse(raw, *, viewer: bool = False) -> Message:
         raise ProtocolError("forbidden", f"spectators cannot send {kind!r}: they cannot steer the world "
                                          "or change its stream")
     return Message(kind, seq, _check_body(kind, msg))
+
+
+def _decode(raw, cfg: SessionConfig):
+    """The JSON value of a message within the size and depth limits of `cfg`, or ProtocolError."""
+    if not isinstance(raw, (str, bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_message", f"message must be text or bytes, got {type(raw).__name__}")
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if size > cfg.max_message_bytes:
+        raise ProtocolError("too_large", f"message is {size} bytes; the limit is {cfg.max_message_bytes}")
+    try:
+        return loads(raw, cfg.max_json_depth)
+    except JSONTooDeep as exc:
+        raise ProtocolError("bad_json", f"message is not accepted: {exc}") from None
+    except ValueError:
+        raise ProtocolError("bad_json", "message is not valid JSON") from None
 
 
 def _number(msg: dict, field: str) -> float:

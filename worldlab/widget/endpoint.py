@@ -8,6 +8,7 @@ to the Jupyter server through `registry` (see relay.py for the other half).
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 
@@ -23,6 +24,16 @@ log = logging.getLogger(__name__)
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def _read_capped(request, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit` bytes (no more than limit + 1 are buffered)."""
+    buf = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(buf)):
+        buf += chunk
+        if len(buf) > limit:
+            return None
+    return bytes(buf)
 
 
 class KernelEndpoint:
@@ -48,7 +59,8 @@ class KernelEndpoint:
             self.media.call(runner.cleanup(), timeout=15)
 
     async def _start(self) -> None:
-        app = web.Application(middlewares=[self._guard], client_max_size=SessionConfig.max_offer_bytes * 2)
+        # Bodies are read by _body against each player's own limit, not the app-wide client_max_size.
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/players/{pid}", self._status)
         app.router.add_post("/players/{pid}/offer", self._offer)
         app.router.add_post("/players/{pid}/toggle", self._toggle)
@@ -79,9 +91,15 @@ class KernelEndpoint:
                                         'Player cell again"}}', content_type="application/json")
         return player
 
-    async def _body(self, request) -> dict:
+    async def _body(self, request, cfg: SessionConfig) -> dict:
+        limit = cfg.max_offer_bytes
+        raw = await _read_capped(request, limit)
+        if raw is None:
+            error = {"error": {"code": "too_large", "message": f"body exceeds {limit} bytes"}}
+            raise web.HTTPRequestEntityTooLarge(limit, limit + 1, text=json.dumps(error),
+                                                content_type="application/json")
         try:
-            body = protocol.loads(await request.read())
+            body = protocol.loads(raw, cfg.max_json_depth)
         except ValueError:
             raise web.HTTPBadRequest(text='{"error": {"code": "bad_json", "message": "body is not valid JSON"}}',
                                      content_type="application/json") from None
@@ -96,7 +114,8 @@ class KernelEndpoint:
                                   "toggles": {"weights": p.weights, "window": p.window, "kv": p.kv}})
 
     async def _offer(self, request):
-        p, body = self._player(request), await self._body(request)
+        p = self._player(request)
+        body = await self._body(request, p.hub.cfg)
         sdp = body.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or body.get("type") != "offer":
             return _error(400, "bad_sdp", "expected {sdp: 'v=0...', type: 'offer'}")
@@ -107,7 +126,8 @@ class KernelEndpoint:
         return web.json_response(ans)
 
     async def _toggle(self, request):
-        p, body = self._player(request), await self._body(request)
+        p = self._player(request)
+        body = await self._body(request, p.hub.cfg)
         try:
             Toggles(**{"weights": p.weights, "window": p.window, "kv": p.kv, **body})
         except (TypeError, ValueError) as exc:

@@ -21,7 +21,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from worldlab.config import TOGGLE_CHOICES, Toggles
+from worldlab.config import TOGGLE_CHOICES, SessionConfig, Toggles
 from worldlab.engine import Scheduler
 from worldlab.engine.metrics import METRICS
 from worldlab.security import safety
@@ -89,11 +89,11 @@ class ModelPool:
     Variants are built by the plug-in the model came from (worldlab.model.registry), from the checkpoint the
     Player was given or the model's own; a transformer built by hand (load_model) reloads through `tiny`."""
 
-    def __init__(self, checkpoint=None, base_model=None, device: str = "cpu"):
+    def __init__(self, checkpoint=None, base_model=None, device: str = "cpu", config: SessionConfig | None = None):
         from worldlab.model.registry import plugin_of, resolve
         from worldlab.model.world_model import TransformerWorldModel
 
-        self.device = device
+        self.device, self.config = device, config
         self.checkpoint = checkpoint if checkpoint is not None else getattr(base_model, "checkpoint_path", None)
         self.variants: dict[tuple, tuple] = {}
         self.base_model = base_model
@@ -126,7 +126,7 @@ class ModelPool:
                                      "(build it with worldlab.model.registry.resolve(...).build(...))")
                 else:
                     model = self.plugin.build(Toggles(weights, window, kv), self.device, self.checkpoint)
-                self.variants[key] = (model, Scheduler(model, name="worldlab-model").start())
+                self.variants[key] = (model, Scheduler(model, name="worldlab-model", config=self.config).start())
             return self.variants[key]
 
     def stop(self) -> None:
@@ -145,7 +145,8 @@ class Player(anywidget.AnyWidget):
     model_or_session: a WorldModel, or what `--model` takes (a name from `worldlab models`, a checkpoint file,
     module:factory); device: auto | cpu | cuda[:N] for a named model and its toggle variants.
     threads: torch's (process-wide) thread count for the whole kernel; None: worldlab.threads' rule for model
-    steps (1: a step gains nothing from more threads and stalls whenever the laptop is busy)."""
+    steps (1: a step gains nothing from more threads and stalls whenever the laptop is busy).
+    config: the session's limits and timeouts (SessionConfig; None: its defaults), as `serve --config` sets them."""
 
     _esm = (STATIC / "player.js").read_text() + "\n" + (HERE / "widget.js").read_text()
     _css = (HERE / "widget.css").read_text()
@@ -162,7 +163,7 @@ class Player(anywidget.AnyWidget):
 
     def __init__(self, model_or_session=None, prompt: str = "a walk in the forest", fps: float = 30.0,
                  size: int = 384, *, checkpoint=None, weights=None, window=None, kv=None,
-                 threads: int | None = None, device: str = "auto", **kw):
+                 threads: int | None = None, device: str = "auto", config: SessionConfig | None = None, **kw):
         from worldlab.threads import for_inference
 
         for_inference(threads)  # process-wide: the kernel's torch runs the model's steps on this many threads
@@ -175,7 +176,7 @@ class Player(anywidget.AnyWidget):
             model_or_session = plugin.build(wanted, device, checkpoint)
         # Variants of a given model live where it does; of a named one, on `device`.
         device = str(getattr(model_or_session, "device", device))
-        pool = ModelPool(checkpoint, base_model=model_or_session, device=device)
+        pool = ModelPool(checkpoint, base_model=model_or_session, device=device, config=config)
         base = pool.base_toggles() or dataclasses.asdict(Toggles())
         toggles = {"weights": weights or base["weights"], "window": window or base["window"], "kv": kv or base["kv"]}
         Toggles(**toggles)  # one clear error for a bad value
@@ -186,7 +187,7 @@ class Player(anywidget.AnyWidget):
         self.media = MediaLoop.get()
         self.pool = pool
         model, sched = self.pool.get(**toggles)
-        self.hub = PeerHub(model, sched, fps=fps)
+        self.hub = PeerHub(model, sched, fps=fps, config=config)
         self.room = self.media.call(self.hub.create_room(prompt, persistent=True))
         self.room.on_players_gone = self._players_gone
         self.views = 0
@@ -278,7 +279,8 @@ class Player(anywidget.AnyWidget):
         on the media loop like every other channel's, numbered after the session's newest input."""
         fields = {k: v for k, v in msg.items() if k not in ("type", "seq")}
         try:
-            parsed = protocol.parse(protocol.encode(msg.get("type", ""), seq=self.room.session._seq + 1, **fields))
+            text = protocol.encode(msg.get("type", ""), seq=self.room.session._seq + 1, **fields)
+            parsed = protocol.parse(text, cfg=self.hub.cfg)
         except protocol.ProtocolError as exc:
             self.send({"type": "error", "code": exc.code, "message": str(exc)})
             return
