@@ -22,8 +22,8 @@ import torch.nn.functional as F
 class SamplerConfig:
     d_model: int = 128  # the transformer's width (its tokens are the condition)
     latent: int = 16
-    channels: int = 96
-    blocks: int = 3
+    channels: int = 64  # 64 x 2 blocks: ~2 ms for 4 steps on one thread; 96 x 3 was as sharp at twice the cost
+    blocks: int = 2
     sample_steps: int = 4  # Euler steps from noise to a latent at inference
     temperature: float = 1.0  # scale of the starting noise (< 1 leans towards the mean)
     # training
