@@ -25,7 +25,9 @@ from benchmarks.serving import serving  # noqa: E402
 from worldlab import threads  # noqa: E402
 from worldlab.experiments.provenance import cpu_model  # noqa: E402
 
-HOG = "while True: pass"
+# The hog leaves an inherited real-time policy itself, first thing: a preexec_fn would do it in the forked child
+# of a threaded parent, where it can deadlock (seen in CI: Popen hung reading the child's error pipe).
+HOG = "import os; os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))\nwhile True: pass"
 
 
 def _ordinary() -> None:
@@ -50,7 +52,7 @@ def ordinary_scheduling():
 @contextlib.contextmanager
 def hogs(n: int):
     """n busy-loop processes under the normal time-sharing policy, always stopped."""
-    procs = [subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=_ordinary) for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(n)]
     try:
         time.sleep(0.3 if n else 0)  # let them take their cores
         yield procs

@@ -37,6 +37,15 @@ def video_pixels(page, selector: str, size: int = 64, height: int | None = None)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+def open_playing(ctx, url: str, frames: int = 30):
+    """A new page of the served app at `url` once its stream is locked and has shown `frames` frames."""
+    page = ctx.new_page()
+    page.goto(url)
+    page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked "
+                           f"&& window.worldlab.stats().frames > {frames}", timeout=30000)
+    return page
+
+
 def shifts_while_held(page, video: str, key: str, shape, samples: int = 9, every_ms: int = 100):
     """Hold `key` and read the `video`'s picture at the model's frame `shape` (H, W) every `every_ms`; ->
     (samples - 1,) horizontal shifts between consecutive readings (worldlab.fidelity: + = content moved right,

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.browser_support import (chromium_browser, evidence_path, free_port, have_chromium, running,
-                                   shifts_while_held, video_pixels)
+from tests.browser_support import (chromium_browser, evidence_path, free_port, have_chromium, open_playing,
+                                   running, shifts_while_held, video_pixels)
 
 pytest.importorskip("vizdoom", reason="the DOOM world needs the vizdoom wheel (a declared dependency)")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -44,10 +44,7 @@ def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path, req
     if model == "doom":
         request.applymarker(LEARNED_FOGS)
     with sync_playwright() as pw, chromium_browser(pw) as ctx:
-        page = ctx.new_page()
-        page.goto(base + "/")
-        page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked "
-                               "&& window.worldlab.stats().frames > 30", timeout=30000)
+        page = open_playing(ctx, base + "/")
         page.locator("body").click()
         page.wait_for_timeout(300)  # the explorer's momentum from the prefill settles
         left = shifts_while_held(page, "#video", "ArrowLeft", (H, W), samples=10)
@@ -67,10 +64,7 @@ def test_a_style_prompt_recolours_the_page(doom_server, tmp_path):
 
     base, model = doom_server
     with sync_playwright() as pw, chromium_browser(pw) as ctx:
-        page = ctx.new_page()
-        page.goto(base + "/")
-        page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked "
-                               "&& window.worldlab.stats().frames > 30", timeout=30000)
+        page = open_playing(ctx, base + "/")
         before = video_pixels(page, "#video", W, H).reshape(-1, 3).mean(0)
         page.fill("#prompt", "hell")
         page.click("text=switch prompt")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.browser_support import (HOLD_MODELS, check_hold_right, chromium_browser, evidence_path, free_port,
-                                   have_chromium, hold_key, running, video_pixels)
+                                   have_chromium, hold_key, open_playing, running, video_pixels)
 from worldlab import env
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="needs /usr/bin/chromium")]
@@ -112,10 +112,7 @@ def test_holding_right_moves_one_compact_agent(any_server, tmp_path):
 
     base, model = any_server
     with sync_playwright() as pw, chromium_browser(pw) as ctx:
-        page = ctx.new_page()
-        page.goto(base + "/")
-        page.wait_for_function("window.worldlab && window.worldlab.stats().rtp_locked "
-                               "&& window.worldlab.stats().frames > 30", timeout=30000)
+        page = open_playing(ctx, base + "/")
         hold = hold_key(page, "#video", "body", "window.worldlab",
                         evidence_path(tmp_path, model, "served-page-after-3s-right.png"))
     check_hold_right(hold, "forest", strict=model != "micro")
