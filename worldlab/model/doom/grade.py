@@ -66,7 +66,7 @@ def _pairs(rng, n: int, n_styles: int) -> tuple[np.ndarray, np.ndarray]:
 
 def train_grade(raw: np.ndarray, cfg: GradeConfig = GradeConfig(), *, seed: int = 0) -> tuple[StyleGrade, dict]:
     """raw: training frames (N, H, W, 3) uint8 in the game's own colours -> a trained grade and its summary
-    (L1 and PSNR on held-back frames of the same set: the pair mapping, not new geometry, is what is learned)."""
+    (PSNR on held-back frames of the same set: the pair mapping, not new geometry, is what is learned)."""
     from worldlab.model.doom.data import styled
 
     torch.manual_seed(seed)

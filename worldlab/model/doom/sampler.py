@@ -100,7 +100,7 @@ def train_sampler(net, tok, eps, cfg: SamplerConfig = SamplerConfig(), *, seed: 
     from tqdm import tqdm
 
     from worldlab.model.doom.dynamics import tokens
-    from worldlab.model.doom.train import batch, predict
+    from worldlab.model.doom.train import batch, own_inputs, predict
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
@@ -122,8 +122,7 @@ def train_sampler(net, tok, eps, cfg: SamplerConfig = SamplerConfig(), *, seed: 
             z_in = z[:, :-1]
             if rng.random() < cfg.own_prob:  # the true first frame, then the model's own (one step of its error)
                 own, _keep, _znew, _z = predict(net, tok, x[:, :-1], acts, styles, window)
-                own = torch.cat([x[:, :1], own[:, :-1].clamp(0, 1)], 1)
-                z_in = tokens(tok.encode(own.flatten(0, 1))).unflatten(0, (B, Fr))
+                z_in = tokens(tok.encode(own_inputs(x, own).flatten(0, 1))).unflatten(0, (B, Fr))
             h, _ = net.hidden_seq(z_in, acts, styles, window)
             _flow, _keep, mean = net.heads(h)  # mean (B, F, C, gh, gw)
             cond = net.condition(h)  # (B, F, d, gh, gw)

@@ -79,6 +79,12 @@ def loss_of(pred, keep, znew, target, target_z, mask, cfg: DoomConfig) -> torch.
     return (per * mask).sum() / mask.sum().clamp(min=1)
 
 
+def own_inputs(x: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """The true first frame of x (B, L, 3, H, W), then the model's own (detached) frames `own` shifted by one: the
+    inputs of a pass that reads what the model drew."""
+    return torch.cat([x[:, :1], own[:, :-1].detach().clamp(0, 1)], 1)
+
+
 def check_own(cfg: DoomConfig) -> None:
     if cfg.own_passes < 0 or not 0 <= cfg.own_loss_passes <= cfg.own_passes or cfg.own_weight < 0:
         raise ValueError(f"need own_passes >= 0, 0 <= own_loss_passes <= own_passes, own_weight >= 0: got "
@@ -186,7 +192,7 @@ def train(out, cfg: DoomConfig = DoomConfig(), *, seed: int = 0, steps: int | No
             for k in range(1, cfg.own_passes + 1):
                 # inputs: the true first frame, then the previous pass's frames, so frame t's input carries up
                 # to k steps of the model's own error (k >= t: exactly its free-running rollout from frame 0)
-                inputs = torch.cat([x[:, :1], own[:, :-1].detach().clamp(0, 1)], 1)
+                inputs = own_inputs(x, own)
                 w = own_pass_weight(cfg, k)
                 with torch.set_grad_enabled(w > 0):
                     own, keep, znew, _z = predict(net, tok, inputs, acts, styles, window)
