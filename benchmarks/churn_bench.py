@@ -190,13 +190,13 @@ async def no_candidates(http, url: str, procs) -> None:
 DROPS = {"closed": closed, "killed": killed, "mid_handshake": mid_handshake, "no_candidates": no_candidates}
 
 
-async def churn(http, url: str, n: int, concurrency: int, procs) -> dict:
-    """n sessions, kinds round-robin, `concurrency` at a time; per kind: ok count and failures."""
+async def churn(http, url: str, n: int, concurrency: int, procs, kinds=KINDS) -> dict:
+    """n sessions, `kinds` round-robin, `concurrency` at a time; per kind: ok count and failures."""
     gate, counts = asyncio.Semaphore(concurrency), collections.Counter()
     failures: list[str] = []
 
     async def one(i: int) -> None:
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         async with gate:
             try:
                 await DROPS[kind](http, url, procs)
@@ -259,18 +259,18 @@ async def settle(proc: psutil.Process, baseline: dict, timeout: float) -> dict:
 
 
 async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, concurrency: int,
-                  reap_timeout: float, config: dict) -> dict:
+                  reap_timeout: float, config: dict, kinds=KINDS) -> dict:
     procs = multiprocessing.get_context("forkserver")
     procs.set_forkserver_preload(["aiohttp", "worldlab.transport.client"])  # each killable client: a fork
     url = f"{base}/offer"
     # No keep-alive: pooled HTTP connections would count as the server's open fds.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-        warm = await churn(http, url, warmup, concurrency, procs)
+        warm = await churn(http, url, warmup, concurrency, procs, kinds)
         await wait_reaped(http, base, reap_timeout)
         await after_release(http, base)
         baseline = usage(proc)
         t0 = time.monotonic()
-        run = await churn(http, url, sessions, concurrency, procs)
+        run = await churn(http, url, sessions, concurrency, procs, kinds)
         churn_s = time.monotonic() - t0
         reaped_s, h = await wait_reaped(http, base, reap_timeout)
         await after_release(http, base)
@@ -288,7 +288,7 @@ async def measure(base: str, proc: psutil.Process, sessions: int, warmup: int, c
 
 # -- a witness: one session open through the whole run, so the server is never empty ----------------------
 async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, concurrency: int,
-                    reap_timeout: float) -> dict:
+                    reap_timeout: float, kinds=KINDS) -> dict:
     """Churn `sessions` in chunks of `every` while one witness session streams; after each chunk, once only the
     witness is left (killed clients take ~10 s of consent checks to reap): the server's RSS and the witness's
     fps over the chunk (frames it received, and the server's own fps_actual)."""
@@ -298,7 +298,7 @@ async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         witness = Witness(procs, url)
         await witness.connected()
-        first = await churn(http, url, 1, 1, procs)
+        first = await churn(http, url, 1, 1, procs, kinds)
         await wait_reaped(http, base, reap_timeout, keep=1)
         await after_release(http, base)
         rows, failures, done = [{"sessions": 1, **usage(proc)}], first["failures"], 1
@@ -307,7 +307,7 @@ async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, 
         while done < sessions:
             n = min(every - done % every, sessions - done)
             (f0, _, _), t0 = await witness.read(), time.monotonic()
-            run = await churn(http, url, n, concurrency, procs)
+            run = await churn(http, url, n, concurrency, procs, kinds)
             done, failures = done + n, failures + run["failures"]
             f1, fps_actual, gap_ms = await witness.read()
             fps = (f1 - f0) / (time.monotonic() - t0)
@@ -358,9 +358,9 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8, reap_timeout: float = 120.0,
         *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None,
-        release_interval_s: float | None = None, split_cores: bool = False) -> dict:
+        release_interval_s: float | None = None, split_cores: bool = False, kinds=KINDS) -> dict:
     if url is not None:  # a server someone else runs (benchmarks/memory_profile.py): the witness run only
-        return asyncio.run(witnessed(url.rstrip("/"), None, sessions, every, concurrency, reap_timeout))
+        return asyncio.run(witnessed(url.rstrip("/"), None, sessions, every, concurrency, reap_timeout, kinds))
     config = dict(CHURN_CONFIG)
     if release_interval_s is not None:
         config["memory_release_interval_s"] = release_interval_s
@@ -373,10 +373,10 @@ def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8
             pin(proc.pid, {cores[0]})
             pin(os.getpid(), set(cores[1:]))
         if witness:
-            out = asyncio.run(witnessed(base, proc, sessions, every, concurrency, reap_timeout))
+            out = asyncio.run(witnessed(base, proc, sessions, every, concurrency, reap_timeout, kinds))
         else:
-            out = asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout, config))
-    return {"model": model, "split_cores": split_cores, **out}
+            out = asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout, config, kinds))
+    return {"model": model, "split_cores": split_cores, "kinds": list(kinds), **out}
 
 
 def main(argv=None) -> int:
@@ -395,8 +395,14 @@ def main(argv=None) -> int:
     ap.add_argument("--split-cores", action="store_true",
                     help="the server on the first core, this process and every client on the others (as if the "
                          "clients were other machines); default: all share every core")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help=f"comma-separated drop kinds to churn, round-robin (default: all of {','.join(KINDS)})")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if not kinds or set(kinds) - set(KINDS):
+        print(f"churn_bench: --kinds takes some of {', '.join(KINDS)}, got {args.kinds!r}", file=sys.stderr)
+        return 2
     if min(args.sessions, args.every, args.concurrency) < 1 or args.warmup < 0 or (args.release_interval or 0) < 0:
         print("churn_bench: --sessions, --every and --concurrency must be >= 1, --warmup and --release-interval "
               ">= 0", file=sys.stderr)
@@ -406,7 +412,7 @@ def main(argv=None) -> int:
         return 2
     out = run(args.sessions, args.warmup, args.concurrency, witness=args.witness, every=args.every,
               model=args.model, url=args.url, release_interval_s=args.release_interval,
-              split_cores=args.split_cores)
+              split_cores=args.split_cores, kinds=kinds)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 

@@ -87,6 +87,11 @@ class SessionConfig:
     connect_timeout_s: float = 15.0
     consent_interval_s: float = 1.5
     consent_failures: int = 5
+    # Until consent fails, a room whose every connected peer has sent no RTCP report (receivers send one every
+    # ~0.5-1.5 s) for this long sends two frames a second instead of its full rate, and its full rate again (from
+    # a keyframe) at the next report: a dead client's room stops costing a stream ~7 s sooner (measured, churn
+    # of killed clients: docs/streaming.md, Memory under churn). 0: never.
+    peer_silence_s: float = 3.0
     # Faults (worldlab.engine.scheduler, worldlab.transport.peer): a session whose model call (step, recache)
     # has run this long ends with model_stalled (~600x a tiny-model step on CPU: a loaded 2-core machine or a
     # slow first call must never look like a stall; its batch-mates wait only batch_timeout_s, below); an
@@ -172,6 +177,8 @@ class SessionConfig:
             raise ValueError(f"ice_transport_policy must be one of {ICE_POLICIES}, got {self.ice_transport_policy!r}")
         if self.turn_credential_ttl_s <= 0:
             raise ValueError(f"turn_credential_ttl_s must be > 0, got {self.turn_credential_ttl_s!r}")
+        if self.peer_silence_s < 0:
+            raise ValueError(f"peer_silence_s must be >= 0 (0: never), got {self.peer_silence_s!r}")
         if self.malloc_arena_max < 0 or self.memory_release_interval_s < 0:
             raise ValueError("malloc_arena_max and memory_release_interval_s must be >= 0 (0: glibc's default / "
                              f"never), got {self.malloc_arena_max!r} and {self.memory_release_interval_s!r}")

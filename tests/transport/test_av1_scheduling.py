@@ -50,7 +50,8 @@ def test_av1_encoder_leaves_every_thread_time_shared():
 
     started_later = asyncio.run(stream())
     now = policies()
-    assert len(now) > 3  # SVT's own worker threads are alive and checked
+    # No count of SVT's own threads: builds differ (one started 16 workers here; PyAV 18.1's starts none and
+    # still switches its opener to FIFO 99), and any it starts are among `now`.
     assert {tid: p for tid, p in now.items() if p != (os.SCHED_OTHER, 0)} == {}  # {tid: (policy, priority)}
     assert started_later == os.SCHED_OTHER  # what the opener starts later is time-shared too
     del enc
@@ -82,7 +83,7 @@ def test_a_deliberate_real_time_policy_is_kept_not_raised_to_fifo_99():
     worker.start()
     worker.join()
     assert seen["opener"] == (os.SCHED_RR, 1)
-    assert seen["svt"] == {(os.SCHED_RR, 1)}
+    assert seen["svt"] <= {(os.SCHED_RR, 1)}  # the threads SVT started, if this build starts any
 
 
 class FakeContext:

@@ -122,6 +122,10 @@ class Scheduler:
         self._inflight.pop(session.id, None)  # its call's result, if it ever comes, is dropped
         self._drop_solo(session)
 
+    def stepping(self, session: Session) -> bool:
+        with self._lock:
+            return session.id in self._sessions
+
     def sessions(self) -> list[Session]:
         with self._lock:
             return list(self._sessions.values())

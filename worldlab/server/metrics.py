@@ -37,9 +37,14 @@ class HubCollector:
                                          labels=["room"] if self.per_room else []) for m in METRICS}
         rooms = GaugeMetricFamily("worldlab_rooms", "live rooms")
         rooms.add_metric([], len(self.hub.rooms))
+        idle = GaugeMetricFamily("worldlab_rooms_idle", "live rooms whose every peer has gone silent (no RTCP for "
+                                 "peer_silence_s): two probe frames a second, left out of the per-room figures")
+        idle.add_metric([], sum(1 for room in list(self.hub.rooms.values()) if room.track.idle))
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         g2g_p95: dict[str, float] = {}
         for room in list(self.hub.rooms.values()):
+            if room.track.idle:
+                continue
             st = room.stats()
             page = room.page_report() or {}
             if page.get("g2g_ms_p95") is not None:
@@ -56,6 +61,7 @@ class HubCollector:
                 if vs:
                     families[m].add_metric([], sum(vs) / len(vs))
         yield rooms
+        yield idle
         yield from families.values()
         yield from self._cost_metrics()
         yield from self._slo_metrics(g2g_p95)

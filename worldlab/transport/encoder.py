@@ -11,6 +11,7 @@ import os
 import threading
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 CODECS = {"vp8": "libvpx", "h264": "libx264", "av1": "libsvtav1"}
@@ -69,6 +70,10 @@ class RoomEncoder:
         self._bitrate = None
         self.frames = 0
         self.keyframes = 0
+        # One converter for the encoder's life, single-threaded: PyAV's frame.reformat() defaults to a swscale
+        # pool of one thread per core, started and joined for every frame of every room (measured: 2 threads
+        # per live room, churned through glibc's stack cache), for a conversion under 1 ms.
+        self._yuv = VideoReformatter()
 
     def _open(self, width: int, height: int, bitrate: int) -> None:
         if self.codec_name == "av1":
@@ -101,7 +106,8 @@ class RoomEncoder:
         if self._ctx is None or self._size != (w, h) or self._bitrate != bitrate:
             self._open(w, h, bitrate)  # a new size or rung starts with a keyframe
             force_keyframe = True
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+        frame = self._yuv.reformat(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"),
+                                   format="yuv420p", threads=1)
         frame.pts = self.frames
         key = force_keyframe or self.frames % self.gop == 0
         if key:

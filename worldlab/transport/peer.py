@@ -48,11 +48,12 @@ from worldlab.transport.ctl import Ctl, send
 from worldlab.transport.playout_delay import enable as enable_zero_playout_delay
 from worldlab.transport.quality import Ladder, QualityController, adapt
 from worldlab.transport.rooms import OfferError, Room, RoomRegistry
-from worldlab.transport.track import RoomTrack, rtcp_rtt_ms
+from worldlab.transport.track import RoomTrack, rtcp_reports
 
 log = logging.getLogger(__name__)
 av1.register()  # aiortc has no AV1: our payloader, depayloader and codec entry (worldlab.transport.av1)
 enable_zero_playout_delay()  # every video packet asks the browser to render it at once (no jitter-buffer hold)
+IDLE_POLL_S = 0.25  # how often an idle room (every peer silent) looks for a report: its resume is this much later
 MIME = {"vp8": "video/VP8", "h264": "video/H264", "av1": av1.MIME}  # worldlab.config.CODECS -> the RTP codec it negotiates
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
 
@@ -269,8 +270,10 @@ class PeerHub:
                 raise OfferError(409, "codec_mismatch", f"room {room!r} streams {self.rooms[room].codec}; "
                                                         "join it without a codec or with that one")
             return await self._answer(self.rooms[room], sdp, kind, viewer=role == "viewer")
+        # Stepped from its peer's connection on: an offer that never connects (killed mid-handshake, no
+        # candidates) must not cost connect_timeout_s of model steps.
         r = await self.create_room(prompt, room=room, quality=quality, tenant=tenant,
-                                   codec=codec or _default_for(sdp, self.codec))
+                                   codec=codec or _default_for(sdp, self.codec), start=False)
         try:
             return await self._answer(r, sdp, kind, viewer=False)
         except Exception:
@@ -278,8 +281,10 @@ class PeerHub:
             raise
 
     async def create_room(self, prompt: str | None = None, *, room: str | None = None, quality: str = "auto",
-                          persistent: bool = False, tenant: str | None = None, codec: str | None = None) -> Room:
-        """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs).
+                          persistent: bool = False, tenant: str | None = None, codec: str | None = None,
+                          start: bool = True) -> Room:
+        """A live session with its track but no peer yet: frames flow and metrics accrue (headless runs); with
+        start=False the model steps it only once a peer connects (a room made for an offer).
 
         Without `room`, the id is random and unguessable. Raises OfferError 409 room_taken for a live (or
         starting) room id and 503 server_full at `max_sessions` rooms."""
@@ -315,7 +320,8 @@ class PeerHub:
         self.registry.add(r)
         self._watch_faults(r)
         notify(self.observers, "session_started", session, asked_at)
-        self.scheduler.add(session)
+        if start:
+            self.scheduler.add(session)
         self._spawn(self._stats_loop(r))
         if self._caps_task is None or self._caps_task.done():
             self._caps_task = self._spawn(self._caps_loop())
@@ -373,6 +379,8 @@ class PeerHub:
 
         @pc.on("connectionstatechange")
         async def on_state():
+            if pc.connectionState == "connected":
+                self._set_idle(room, False)  # a first peer, or a viewer: the model steps, the track streams
             if pc.connectionState in ("failed", "closed"):
                 await self._drop_pc(room, pc, viewer)
 
@@ -476,18 +484,56 @@ class PeerHub:
     # -- stats and adaptive quality --------------------------------------------------------------
     async def _stats_loop(self, room: Room) -> None:
         rtcp_seen: dict = {}
+        heard: dict = {}  # connected pc -> time.monotonic() of its last RTCP report (or of its connection)
         while self.rooms.get(room.id) is room and not self.closed:
-            await asyncio.sleep(self.stats_interval)
+            # An idle room listens for the next report more often: it is the only sign that its peer is back.
+            await asyncio.sleep(IDLE_POLL_S if room.track.idle else self.stats_interval)
+            reports = await rtcp_reports(room.pcs, rtcp_seen)
+            self._watch_silence(room, heard, reports)
+            if room.track.idle:
+                continue  # two probe frames a second are not a quality signal, nor worth a stats message to nobody
             st = room.stats()
             if self.observers:
                 notify(self.observers, "room_stats", room.session, st)
-                for ms in await rtcp_rtt_ms(room.pcs, rtcp_seen):
-                    notify(self.observers, "rtt", room.session, ms)
+                for _, ms in reports:
+                    if ms is not None:
+                        notify(self.observers, "rtt", room.session, ms)
             await adapt(room, st, self.stats_interval)
             self._steer_audio(room)
             msg = protocol.encode("stats", **st)
             for ch in list(room.channels):
                 send(ch, msg)
+
+    def _watch_silence(self, room: Room, heard: dict, reports) -> None:
+        """Idle the room's track while every connected peer has been silent (no RTCP report) for peer_silence_s:
+        a client that died without a goodbye is otherwise streamed to until consent fails (~10 s)."""
+        if self.cfg.peer_silence_s <= 0 or room.socket:
+            return
+        now = time.monotonic()
+        for pc in [pc for pc in heard if pc not in room.pcs or pc.connectionState != "connected"]:
+            del heard[pc]
+        for pc in room.pcs:
+            if pc.connectionState == "connected":
+                heard.setdefault(pc, now)
+        for pc, _ in reports:
+            if pc in heard:
+                heard[pc] = now
+        silent = bool(heard) and all(now - t >= self.cfg.peer_silence_s for t in heard.values())
+        if silent != room.track.idle:
+            log.info("room %s: %s", room.id, "every peer silent: idle" if silent else "a peer reports again")
+            self._set_idle(room, silent)
+
+    @staticmethod
+    def _set_idle(room: Room, idle: bool) -> None:
+        """Idle: the track sends probe frames only and the model stops stepping the session (nobody sees its
+        frames: the world waits where its peers left it, so one back from an outage has missed nothing, and a
+        dead client's room costs next to nothing). Not idle: full rate, and the model steps it."""
+        room.track.set_idle(idle)
+        stepping = room.scheduler.stepping(room.session)
+        if idle and stepping:
+            room.scheduler.detach(room.session)
+        elif not idle and not stepping and not room.session.closed and room.session.fault is None:
+            room.scheduler.add(room.session)
 
     def _steer_audio(self, room: Room) -> None:
         """The audio lead follows the player's page: its measured audio path minus video path (`av_path_ms`,

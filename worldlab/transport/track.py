@@ -30,6 +30,7 @@ LAND_EARLY_S = 0.002  # the pacing instant leads the model's expected landing by
 # (late) and stays under a 20 ms interval at 60 fps. ~2 s of frames at 60 fps: follows a load change quickly.
 SEND_QUANTILE = 0.9
 LAG_WINDOW = 120
+IDLE_PERIOD_S = 0.5  # an idle track (every peer silent) sends a frame this often: a live receiver answers with RTCP
 
 
 class RoomTrack(MediaStreamTrack):
@@ -65,6 +66,8 @@ class RoomTrack(MediaStreamTrack):
         self._sent_seq = -1  # newest input seq among the frames sent so far
         self.steady_send = steady_send
         self._lags: collections.deque = collections.deque(maxlen=LAG_WINDOW)  # (due -> encoded) seconds
+        self.idle = False  # every peer silent (PeerHub): one frame per IDLE_PERIOD_S
+        self._resume: asyncio.Event | None = None  # set when the track leaves idle
 
     def set_rung(self, rung: str) -> None:
         """A rung name of the ladder, or low / high (its bottom / top)."""
@@ -72,6 +75,27 @@ class RoomTrack(MediaStreamTrack):
 
     def request_keyframe(self) -> None:
         self._force_key = True
+
+    def set_idle(self, idle: bool) -> None:
+        """Idle: nobody is listening (PeerHub: no RTCP from any peer for SessionConfig.peer_silence_s), so one
+        frame per IDLE_PERIOD_S, which a receiver that is still there answers with a report. Leaving idle sends
+        the next frame at once, as a keyframe (the receiver may have lost the frames between)."""
+        if idle == self.idle:
+            return
+        self.idle = idle
+        if not idle:
+            self.request_keyframe()
+            if self._resume is not None:
+                self._resume.set()
+
+    async def _idle_wait(self) -> None:
+        if self._resume is None:
+            self._resume = asyncio.Event()
+        self._resume.clear()
+        try:
+            await asyncio.wait_for(self._resume.wait(), IDLE_PERIOD_S)
+        except TimeoutError:
+            pass
 
     async def _pace(self) -> None:
         """Send as soon as the model's next frame lands (no phase delay), but not before the pacing instant
@@ -131,6 +155,8 @@ class RoomTrack(MediaStreamTrack):
     async def recv(self):
         if self.readyState != "live" or self.session.closed or self.session.fault is not None:
             raise MediaStreamError
+        if self.idle:
+            await self._idle_wait()
         await self._pace()
         period = 1.0 / self.session.fps_target
         frame, meta, new = self.session.slot.take()
@@ -148,9 +174,6 @@ class RoomTrack(MediaStreamTrack):
         self._last = (frame, meta)
         self.frame_id = None if meta is None else meta.frame_id
         rung = self.ladder[self.rung]
-        big = upscale(frame, rung.height)
-        if self.watermark is not None:
-            big = self.watermark(big)  # after upscaling: the mark is laid out on the frame that is encoded
         emit = time.monotonic()
         release_at = self._release_at(meta) if new else None  # from the lags before this frame's
         if self.sound is not None and new and meta is not None:
@@ -161,7 +184,7 @@ class RoomTrack(MediaStreamTrack):
         pts = int((emit - self.session.origin) * VIDEO_CLOCK)
         force, self._force_key = self._force_key, False
         t0 = time.monotonic()
-        packet = await self._encode(big, pts, rung.bitrate, force)
+        packet = await self._encode(frame, rung, pts, force)
         t1 = time.monotonic()
         self.session.metrics.add("encode_ms", (t1 - t0) * 1000)
         if self.steady_send and new:
@@ -181,12 +204,20 @@ class RoomTrack(MediaStreamTrack):
             self._sent_seq = max(self._sent_seq, meta.seq)
         return packet
 
-    async def _encode(self, big, pts: int, bitrate: int, force: bool):
-        """The packet; a failed encode (an exception, or no packet where one is due) ends the session with
-        `encoder_failed`: its viewers are told and the room closes (re-opening would hide a broken codec)."""
+    def _upscale_mark_encode(self, frame, rung, pts: int, force: bool):
+        big = upscale(frame, rung.height)
+        if self.watermark is not None:
+            big = self.watermark(big)  # after upscaling: the mark is laid out on the frame that is encoded
+        return self.encoder.encode(big, pts, rung.bitrate, force)
+
+    async def _encode(self, frame, rung, pts: int, force: bool):
+        """The packet, upscaled, watermarked and encoded on a worker thread (per frame and room, the upscale and
+        the mark cost about what the encode does: on the event loop they delayed every room's sends under load).
+        A failed encode (an exception, or no packet where one is due) ends the session with `encoder_failed`:
+        its viewers are told and the room closes (re-opening would hide a broken codec)."""
         try:
-            packet = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, big, pts, bitrate,
-                                                                      force)
+            packet = await asyncio.get_running_loop().run_in_executor(None, self._upscale_mark_encode, frame, rung,
+                                                                      pts, force)
         except Exception as exc:
             log.warning("encoder of session %s failed: %s: %s", self.session.id, type(exc).__name__, exc)
             packet = None
@@ -196,20 +227,20 @@ class RoomTrack(MediaStreamTrack):
         return packet
 
 
-async def rtcp_rtt_ms(pcs, seen: dict) -> list[float]:
-    """New server-side round-trip samples (ms) of the video senders of `pcs`, for any client: aiortc's
-    smoothed RTT from RTCP receiver reports (remote-inbound-rtp roundTripTime), taken once per new report
-    (its stats timestamp changed since `seen`, which this updates)."""
+async def rtcp_reports(pcs, seen: dict) -> list[tuple[object, float | None]]:
+    """(pc, round-trip ms or None) for each RTCP receiver report about a video sender of `pcs` that is new since
+    `seen` (which this updates), from any client: aiortc's remote-inbound-rtp stats, whose timestamp changes
+    with each report, and its smoothed RTT (None until a report echoes a sender report)."""
     out = []
     for pc in list(pcs):
         for sender in pc.getSenders():
             try:
                 report = await sender.getStats()
-            except Exception:  # a sender torn down under us has no stats: no sample
+            except Exception:  # a sender torn down under us has no stats: no report
                 continue
             for st in report.values():
-                rtt = getattr(st, "roundTripTime", None)
-                if st.type == "remote-inbound-rtp" and rtt is not None and seen.get(st.id) != st.timestamp:
+                if st.type == "remote-inbound-rtp" and seen.get(st.id) != st.timestamp:
                     seen[st.id] = st.timestamp
-                    out.append(rtt * 1000)
+                    rtt = getattr(st, "roundTripTime", None)
+                    out.append((pc, None if rtt is None else rtt * 1000))
     return out
