@@ -88,10 +88,11 @@ class SessionConfig:
     consent_interval_s: float = 1.5
     consent_failures: int = 5
     # Until consent fails, a room whose every connected peer has sent no RTCP report (receivers send one every
-    # ~0.5-1.5 s) for this long sends two frames a second instead of its full rate, and its full rate again (from
-    # a keyframe) at the next report: a dead client's room stops costing a stream ~7 s sooner (measured, churn
-    # of killed clients: docs/streaming.md, Memory under churn). 0: never.
-    peer_silence_s: float = 3.0
+    # ~0.5-1.5 s) for this long idles: two probe frames a second and no model steps, then its full rate again
+    # (from a keyframe) at the next report. 5 s: longer than the 3 s outage above plus a report interval, so an
+    # outage that consent survives costs no extra recovery; a dead client's room still stops costing a stream
+    # 2.5-5 s sooner (docs/streaming.md, Memory under churn). 0: never.
+    peer_silence_s: float = 5.0
     # Faults (worldlab.engine.scheduler, worldlab.transport.peer): a session whose model call (step, recache)
     # has run this long ends with model_stalled (~600x a tiny-model step on CPU: a loaded 2-core machine or a
     # slow first call must never look like a stall; its batch-mates wait only batch_timeout_s, below); an

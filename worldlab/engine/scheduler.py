@@ -151,6 +151,7 @@ class Scheduler:
                 self._tick(due)
             except Exception:  # never let one bad tick kill the worker of every session
                 log.exception("scheduler tick failed")
+            del due  # else a session closed since stays alive in this frame (with its room) until the next tick
 
     def _pull_key_changes(self, sessions: list[Session], now: float) -> None:
         """Input-aware tick phase: a session with a key change whose next tick is more than early_min_s away
