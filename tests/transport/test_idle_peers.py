@@ -30,6 +30,14 @@ def speak_again(client) -> None:
         r._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(r._run_rtcp())
 
 
+def idle_gauge(hub) -> float:
+    """worldlab_rooms_idle as /metrics would report it."""
+    from worldlab.server.metrics import HubCollector
+
+    family = next(f for f in HubCollector(hub).collect() if f.name == "worldlab_rooms_idle")
+    return family.samples[0].value
+
+
 async def close(*clients) -> None:
     for c in clients:
         await c.pc.close()
@@ -51,6 +59,7 @@ async def test_a_silent_player_idles_its_room_until_it_reports_again():
         try:
             room = await idle_room(hub, sched, player)
             assert not sched.stepping(room.session)  # the model waits where the player left the world
+            assert idle_gauge(hub) == 1
             sent, fid = room.track.sent, room.session.frame_id
             await asyncio.sleep(2.0)
             assert room.session.frame_id == fid
@@ -63,6 +72,7 @@ async def test_a_silent_player_idles_its_room_until_it_reports_again():
             n = player.n_frames
             await until(lambda: player.n_frames >= n + 20, timeout=5)  # full rate again
             assert room.track.encoder.keyframes > keyframes  # it resumed from a keyframe
+            assert idle_gauge(hub) == 0
         finally:
             await close(player)
 

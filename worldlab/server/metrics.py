@@ -39,11 +39,12 @@ class HubCollector:
         rooms.add_metric([], len(self.hub.rooms))
         idle = GaugeMetricFamily("worldlab_rooms_idle", "live rooms whose every peer has gone silent (no RTCP for "
                                  "peer_silence_s): two probe frames a second, left out of the per-room figures")
-        idle.add_metric([], sum(1 for room in list(self.hub.rooms.values()) if room.track.idle))
+        n_idle = 0
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         g2g_p95: dict[str, float] = {}
         for room in list(self.hub.rooms.values()):
             if room.track.idle:
+                n_idle += 1
                 continue
             st = room.stats()
             page = room.page_report() or {}
@@ -60,6 +61,7 @@ class HubCollector:
             for m, vs in values.items():
                 if vs:
                     families[m].add_metric([], sum(vs) / len(vs))
+        idle.add_metric([], n_idle)
         yield rooms
         yield idle
         yield from families.values()

@@ -491,7 +491,8 @@ class PeerHub:
         while self.rooms.get(room.id) is room and not self.closed:
             # An idle room listens for the next report more often: it is the only sign that its peer is back.
             await asyncio.sleep(IDLE_POLL_S if room.track.idle else self.stats_interval)
-            reports = await rtcp_reports(room.pcs, rtcp_seen)
+            # Each sender's stats every interval: only when the RTT histogram or the silence watch reads them.
+            reports = await rtcp_reports(room.pcs, rtcp_seen) if self.observers or self.cfg.peer_silence_s > 0 else []
             self._watch_silence(room, heard, reports)
             if room.track.idle:
                 continue  # two probe frames a second are not a quality signal, nor worth a stats message to nobody
