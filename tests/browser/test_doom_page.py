@@ -22,27 +22,28 @@ H, W = doom.FRAME_SHAPE[:2]
 SHIPPED_DOOM = pytest.mark.skipif(not SHIPPED.is_file(), reason=f"no shipped DOOM checkpoint at {SHIPPED}")
 
 
-# The shipped learned model fades into a textured brown fog within ~1-2 s of its own rollout (docs/model.md, "DOOM
-# world model"), so by the time the key is held the view has nothing steady to turn: a known miss, kept strict so
-# the day a model turns in the page this test says so.
-LEARNED_FOGS = pytest.mark.xfail(strict=True, reason="the shipped DOOM model fogs over before the key is held")
-
-
 @pytest.fixture(scope="module", params=["doom-engine", pytest.param("doom", marks=SHIPPED_DOOM)])
 def doom_server(request, tmp_path_factory):
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--port", str(port), "--model", request.param]
+    root = tmp_path_factory.mktemp("serve")
+    # The provenance watermark is a static pattern (docs/security.md, "Limits"): where the view faces a flat
+    # wall, phase correlation between two served frames locks onto it and reads a turning view as 0 px (5 of
+    # 9 samples in one CI run, 0 of 48 with it off). The turn is judged on the picture, so the mark is off.
+    config = root / "serve.json"
+    config.write_text('{"watermark": false}')
+    argv = [sys.executable, "-m", "worldlab.cli", "serve", "--port", str(port), "--model", request.param,
+            "--config", str(config)]
+    log = root / "serve.log"
     with running(argv, port, str(log)):
         yield f"http://127.0.0.1:{port}", request.param
 
 
-def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path, request):
+def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path):
+    """The learned model passes by sliding its textured fog the right way (docs/model.md, "DOOM world model"):
+    this checks the turn, not that the picture is still a view."""
     from playwright.sync_api import sync_playwright
 
     base, model = doom_server
-    if model == "doom":
-        request.applymarker(LEARNED_FOGS)
     with sync_playwright() as pw, chromium_browser(pw) as ctx:
         page = open_playing(ctx, base + "/")
         page.locator("body").click()
@@ -54,6 +55,7 @@ def test_holding_left_turns_the_view_left_in_the_page(doom_server, tmp_path, req
         # Turning left slides the picture right (positive shift): ~3 frames x 3.6 px per sample at 30 fps, 0 for
         # a sample that caught no new frame (a busy CI machine). A sample over a textureless stretch of wall can
         # misread (+2.7 and once +5.1 seen during a right turn): one such sample is allowed, a mirrored view fails.
+        # With the watermark off, a quiet machine moves in every sample (8.1-14.3 px, 48 of 48).
         assert (left < -3).sum() <= 1 and (left > 1).sum() >= 5 and left.sum() > 25, left
         assert (right > 3).sum() <= 1 and (right < -1).sum() >= 5 and right.sum() < -25, right
 
