@@ -35,6 +35,7 @@ import aiohttp
 import psutil
 
 from worldlab.transport.client import PeerClient
+from worldlab.transport.shedding import RETRY_AFTER_S as SHED_RETRY_S
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `python benchmarks/x.py` runs too
 from benchmarks.serving import serving  # noqa: E402
@@ -63,12 +64,39 @@ def usage(proc: psutil.Process | None) -> dict:
 
 
 # -- the four ways to drop a session ---------------------------------------------------------------------
+BUSY_TRIES = 30  # a client refused with 503 server_busy (load shedding) waits its Retry-After and tries again
+
+
+async def _until_admitted(attempt):
+    """await attempt() again after each 503 server_busy, as a client honouring Retry-After does."""
+    for _ in range(BUSY_TRIES - 1):
+        try:
+            return await attempt()
+        except RuntimeError as exc:
+            if "server_busy" not in str(exc):
+                raise
+            await asyncio.sleep(SHED_RETRY_S)
+    return await attempt()
+
+
+async def _connected_client(http, url: str) -> PeerClient:
+    """A player connected through POST /offer (a fresh peer connection per attempt)."""
+    async def attempt():
+        client = PeerClient(keep_frames=False)
+        try:
+            await client.connect_http(http, url)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+    return await _until_admitted(attempt)
+
+
 def _killable_client(url: str, conn) -> None:
     """In a child process: connect a player, say so, then wait to be SIGKILLed (no DTLS close ever sent)."""
     async def main():
         async with aiohttp.ClientSession() as http:
-            client = PeerClient(keep_frames=False)
-            await client.connect_http(http, url)
+            await _connected_client(http, url)
             conn.send("connected")
             await asyncio.sleep(3600)
 
@@ -77,8 +105,8 @@ def _killable_client(url: str, conn) -> None:
 
 def _witness_client(url: str, conn) -> None:
     """In a child process, so the churn's own clients do not starve it: one player that stays connected; on
-    "read" it sends (frames received, the latest fps_actual the server reported, frame arrivals' largest gap in
-    ms since the last read); on "close" it closes."""
+    "read" it sends (frames received, every fps_actual the server reported since the last read (its new model
+    frames a second, once a second), frame arrivals' largest gap in ms since then); on "close" it closes."""
     async def main():
         async with aiohttp.ClientSession() as http:
             client = PeerClient(keep_frames=False)
@@ -96,7 +124,8 @@ def _witness_client(url: str, conn) -> None:
                         break
                     stats = [m for m in client.msgs if m["type"] == "stats"] or [last_stats]
                     last_stats = stats[-1]
-                    conn.send((client.n_frames, last_stats.get("fps_actual"), max_gap * 1000))
+                    fps = [m["fps_actual"] for m in stats if m.get("fps_actual") is not None] or [None]
+                    conn.send((client.n_frames, fps, max_gap * 1000))
                     client.msgs.clear()
                     max_gap = 0.0
             await client.close()
@@ -135,11 +164,7 @@ class Witness:
 
 
 async def closed(http, url: str, procs) -> None:
-    client = PeerClient(keep_frames=False)
-    try:
-        await client.connect_http(http, url)
-    finally:
-        await client.close()
+    await (await _connected_client(http, url)).close()
 
 
 async def killed(http, url: str, procs) -> None:
@@ -147,9 +172,9 @@ async def killed(http, url: str, procs) -> None:
     child = procs.Process(target=_killable_client, args=(url, there), daemon=True)
     child.start()
     try:
-        ok = await asyncio.get_running_loop().run_in_executor(None, here.poll, 30.0)
+        ok = await asyncio.get_running_loop().run_in_executor(None, here.poll, 30.0 + BUSY_TRIES * SHED_RETRY_S)
         if not ok:
-            raise RuntimeError("the killable client did not connect within 30 s")
+            raise RuntimeError("the killable client did not connect")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         await asyncio.get_running_loop().run_in_executor(None, child.join)
@@ -168,7 +193,8 @@ async def _post_offer(http, url: str, sdp: str) -> dict:
 async def mid_handshake(http, url: str, procs) -> None:
     client = PeerClient(keep_frames=False)
     try:
-        await _post_offer(http, url, await client.offer_sdp())
+        sdp = await client.offer_sdp()
+        await _until_admitted(lambda: _post_offer(http, url, sdp))
     finally:
         await client.close()  # the answer is never applied: the server's ICE checks meet closed sockets
 
@@ -184,7 +210,7 @@ async def no_candidates(http, url: str, procs) -> None:
         sdp = without_candidates(await client.offer_sdp())
     finally:
         await client.close()
-    await _post_offer(http, url, sdp)
+    await _until_admitted(lambda: _post_offer(http, url, sdp))
 
 
 DROPS = {"closed": closed, "killed": killed, "mid_handshake": mid_handshake, "no_candidates": no_candidates}
@@ -224,7 +250,7 @@ async def wait_reaped(http, base: str, timeout: float, keep: int = 0) -> tuple[f
 async def _metric(http, base: str, name: str) -> float:
     async with http.get(f"{base}/metrics") as r:
         text = await r.text()
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
@@ -310,12 +336,14 @@ async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, 
             run = await churn(http, url, n, concurrency, procs, kinds)
             done, failures = done + n, failures + run["failures"]
             f1, fps_actual, gap_ms = await witness.read()
+            fps_actual = [f for f in fps_actual if f is not None]
             fps = (f1 - f0) / (time.monotonic() - t0)
             await wait_reaped(http, base, reap_timeout, keep=1)  # sample with only the witness left
             at_reap = usage(proc).get("rss_mb")
             await after_release(http, base)
             rows.append({"sessions": done, **usage(proc), "rss_at_reap_mb": at_reap, "witness_fps": round(fps, 2),
-                         "witness_fps_actual": fps_actual, "witness_max_gap_ms": round(gap_ms, 1)})
+                         "witness_fps_actual": round(sum(fps_actual) / len(fps_actual), 1) if fps_actual else None,
+                         "witness_fps_actual_min": min(fps_actual, default=None), "witness_max_gap_ms": round(gap_ms, 1)})
             if proc is None:  # for a profiler driving us: where we are
                 print(json.dumps({"progress": done, "witness_fps": rows[-1]["witness_fps"]}), flush=True)
         await witness.close()
@@ -323,12 +351,13 @@ async def witnessed(base: str, proc: psutil.Process, sessions: int, every: int, 
         await after_release(http, base)
         empty = await settle(proc, rows[0], 20.0) if proc is not None else {}
         released = await release_totals(http, base)
+        busy = int(await _metric(http, base, 'worldlab_cap_hits_total{code="server_busy"}'))
     if proc is None:
-        return {"sessions": sessions, "failures": failures, "rows": rows,
+        return {"sessions": sessions, "failures": failures, "busy_refusals": busy, "rows": rows,
                 "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
                 "reaped_within_s": None if reaped_s is None else round(reaped_s, 1)}
     return {"sessions": sessions, "every": every, "concurrency": concurrency, "failures": failures,
-            "rows": rows, **rss_trend(rows), "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
+            "busy_refusals": busy, "rows": rows, **rss_trend(rows), "witness_fps_min": min(r["witness_fps"] for r in rows[1:]),
             "witness_max_gap_ms": max(r["witness_max_gap_ms"] for r in rows[1:]), "releases": released,
             "reaped_within_s": None if reaped_s is None else round(reaped_s, 1), "rooms_after": h["rooms"],
             "peers_after": h["peers"], "empty": empty,
@@ -358,10 +387,10 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8, reap_timeout: float = 120.0,
         *, witness: bool = False, every: int = 100, model: str = "oracle", url: str | None = None,
-        release_interval_s: float | None = None, split_cores: bool = False, kinds=KINDS) -> dict:
+        release_interval_s: float | None = None, split_cores: bool = False, kinds=KINDS, shed: dict | None = None) -> dict:
     if url is not None:  # a server someone else runs (benchmarks/memory_profile.py): the witness run only
         return asyncio.run(witnessed(url.rstrip("/"), None, sessions, every, concurrency, reap_timeout, kinds))
-    config = dict(CHURN_CONFIG)
+    config = {**CHURN_CONFIG, **(shed or {})}
     if release_interval_s is not None:
         config["memory_release_interval_s"] = release_interval_s
     with tempfile.TemporaryDirectory(prefix="worldlab-churn-") as work, \
@@ -376,7 +405,7 @@ def run(sessions: int = 500, warmup: int = WARMUP_SESSIONS, concurrency: int = 8
             out = asyncio.run(witnessed(base, proc, sessions, every, concurrency, reap_timeout, kinds))
         else:
             out = asyncio.run(measure(base, proc, sessions, warmup, concurrency, reap_timeout, config, kinds))
-    return {"model": model, "split_cores": split_cores, "kinds": list(kinds), **out}
+    return {"model": model, "split_cores": split_cores, "kinds": list(kinds), "shed": shed or {}, **out}
 
 
 def main(argv=None) -> int:
@@ -397,6 +426,12 @@ def main(argv=None) -> int:
                          "clients were other machines); default: all share every core")
     ap.add_argument("--kinds", default=",".join(KINDS),
                     help=f"comma-separated drop kinds to churn, round-robin (default: all of {','.join(KINDS)})")
+    ap.add_argument("--shed-below-fps", type=float, default=0.0, metavar="SHARE",
+                    help="the server's shed_below_fps (load shedding: 503 server_busy while a live session gets "
+                         "less than SHARE of its fps; refused clients retry after Retry-After; default 0: off)")
+    ap.add_argument("--shed-model-load", type=float, default=0.0, metavar="SHARE",
+                    help="the server's shed_model_load (503 server_busy while the model would be busier than SHARE "
+                         "with one more session; default 0: off)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -407,12 +442,18 @@ def main(argv=None) -> int:
         print("churn_bench: --sessions, --every and --concurrency must be >= 1, --warmup and --release-interval "
               ">= 0", file=sys.stderr)
         return 2
+    if not (0 <= args.shed_below_fps <= 1 and 0 <= args.shed_model_load <= 1):
+        print("churn_bench: --shed-below-fps and --shed-model-load take a share between 0 (off) and 1",
+              file=sys.stderr)
+        return 2
     if args.url and not args.witness:
         print("churn_bench: --url needs --witness", file=sys.stderr)
         return 2
     out = run(args.sessions, args.warmup, args.concurrency, witness=args.witness, every=args.every,
               model=args.model, url=args.url, release_interval_s=args.release_interval,
-              split_cores=args.split_cores, kinds=kinds)
+              split_cores=args.split_cores, kinds=kinds,
+              shed={k: v for k, v in (("shed_below_fps", args.shed_below_fps),
+                                      ("shed_model_load", args.shed_model_load)) if v})
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 

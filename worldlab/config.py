@@ -61,6 +61,11 @@ class SessionConfig:
     max_offer_bytes: int = 64 * 1024  # POST /offer body
     offer_read_timeout_s: float = 10.0  # the whole /offer body must arrive within this
     max_sessions: int = 8  # live rooms (players) per server; the next offer gets 503 server_full
+    # Load shedding (worldlab.transport.shedding), off at 0: a new player gets 503 server_busy while a session
+    # that has streamed >= 3 s gets fewer new frames a second than this share of its fps_target, or while the
+    # model worker, busy this share of the last 2 s, would be past it with one more session (scaled linearly).
+    shed_below_fps: float = 0.0
+    shed_model_load: float = 0.0
     max_viewers_per_room: int = 8  # spectators per room; the next gets 503 room_full
     # Cost controls (worldlab.transport.caps); 0 turns a cap off. Sessions without a token all count as the
     # one tenant "anonymous". Past a frame cap the room's peers get `error` frame_cap (with retry_after_s)
@@ -178,6 +183,9 @@ class SessionConfig:
             raise ValueError(f"ice_transport_policy must be one of {ICE_POLICIES}, got {self.ice_transport_policy!r}")
         if self.turn_credential_ttl_s <= 0:
             raise ValueError(f"turn_credential_ttl_s must be > 0, got {self.turn_credential_ttl_s!r}")
+        for name in ("shed_below_fps", "shed_model_load"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 (off) and 1, got {getattr(self, name)!r}")
         if self.peer_silence_s < 0:
             raise ValueError(f"peer_silence_s must be >= 0 (0: never), got {self.peer_silence_s!r}")
         if self.malloc_arena_max < 0 or self.memory_release_interval_s < 0:

@@ -23,11 +23,14 @@ def test_churned_sessions_are_all_reaped_and_nothing_leaks():
 
 
 def test_a_witness_session_streams_on_while_others_churn():
-    """churn_bench --witness, short: one session stays open while 40 others come and go in all four ways; it
-    keeps its frame rate, RSS is sampled with only the witness left, and nothing is left once it closes."""
-    out = run(sessions=40, concurrency=4, reap_timeout=REAP_GOAL_S + 10, witness=True, every=20)
-    assert out["failures"] == 0, out
+    """churn_bench --witness, short, with load shedding on: one session stays open while 40 others come and go
+    in all four ways (those refused 503 server_busy retry); it keeps its frame rate, RSS is sampled with only the
+    witness left, and nothing is left once it closes."""
+    out = run(sessions=40, concurrency=4, reap_timeout=REAP_GOAL_S + 10, witness=True, every=20,
+              shed={"shed_below_fps": 0.95})
+    assert out["failures"] == 0 and out["busy_refusals"] >= 0, out
     assert [r["sessions"] for r in out["rows"]] == [1, 20, 40], out["rows"]
+    # New model frames a second, the mean of the server's once-a-second reports over each chunk of the churn.
     assert all(r["witness_fps_actual"] >= 25 and r["witness_fps"] >= 20 for r in out["rows"][1:]), out["rows"]
     assert all(r["rss_mb"] > 50 for r in out["rows"]) and out["slope_mb_per_session"] == out["slope_mb_per_session"]
     # The server's memory release (worldlab.allocator) ran before each sample: dead rooms are not counted, and

@@ -25,6 +25,7 @@ from worldlab.model.protocol import ModelError, checked_step
 
 log = logging.getLogger(__name__)
 DUE_SLACK_S = 0.002  # sessions due within 2 ms of each other share a tick
+LOAD_WINDOW_S = 2.0  # Scheduler.load looks back this far
 
 
 class StepTimeout(Exception):
@@ -77,6 +78,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.ticks = 0
         self.batch_sizes: list[int] = []
+        self._busy: collections.deque = collections.deque(maxlen=4096)  # (start, end) of recent ticks, monotonic
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Scheduler":
@@ -104,7 +106,8 @@ class Scheduler:
 
     def add(self, session: Session) -> None:
         period = 1.0 / session.fps_target
-        session.next_due = math.ceil(time.monotonic() / period) * period
+        session.stepping_since = time.monotonic()
+        session.next_due = math.ceil(session.stepping_since / period) * period
         session.ahead_s = 0.0
         session.wake = self._wake if self.early_tick else None
         with self._lock:
@@ -130,6 +133,13 @@ class Scheduler:
         with self._lock:
             return list(self._sessions.values())
 
+    def load(self, window_s: float = LOAD_WINDOW_S) -> float:
+        """Share of the last `window_s` this worker spent in ticks (stepping, waiting for its steps,
+        delivering): 1.0 = it never rested, and sessions fall behind their fps."""
+        now = time.monotonic()
+        since = now - window_s
+        return sum(max(0.0, end - max(start, since)) for start, end in list(self._busy) if end > since) / window_s
+
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -151,6 +161,7 @@ class Scheduler:
                 self._tick(due)
             except Exception:  # never let one bad tick kill the worker of every session
                 log.exception("scheduler tick failed")
+            self._busy.append((now, time.monotonic()))
             del due  # else a session closed since stays alive in this frame (with its room) until the next tick
 
     def _pull_key_changes(self, sessions: list[Session], now: float) -> None:

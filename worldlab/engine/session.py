@@ -38,6 +38,7 @@ class Session:
         self.metrics = Rolling()
         self.origin = time.monotonic()  # one monotonic clock per session: pts and pacing derive from it
         self.next_due = self.origin
+        self.stepping_since = self.origin  # when a scheduler last started stepping it (after an idle spell too)
         self.frame_id = -1
         self._lock = threading.Lock()
         self._keys: tuple[str, ...] = ()

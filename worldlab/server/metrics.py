@@ -95,7 +95,8 @@ class HubCollector:
                                         labels=["kind"])
         for kind, n in caps.anomalies.counts.items():
             anomalies.add_metric([kind], n)
-        hits = CounterMetricFamily("worldlab_cap_hits", "offers refused or sessions ended by a cost cap",
+        hits = CounterMetricFamily("worldlab_cap_hits", "offers refused or sessions ended by a cost cap "
+                                   "(server_busy: by load shedding)",
                                    labels=["code"])
         for code, n in caps.hits.items():
             hits.add_metric([code], n)

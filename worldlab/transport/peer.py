@@ -296,7 +296,7 @@ class PeerHub:
         except safety.PromptRefused as exc:
             safety.REVIEW.flag(f"room:{room or '-'}", "prompt", str(exc))
             raise OfferError(400, "prompt_refused", str(exc)) from None
-        room = self.registry.reserve(room, tenant)  # the id and a session slot, before the first await
+        room = self.registry.reserve(room, tenant, self.scheduler)  # id and session slot, before the first await
         try:
             loop = asyncio.get_running_loop()
             state = await loop.run_in_executor(None, open_session, self.model, prompt, self.seed)

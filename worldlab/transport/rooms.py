@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from worldlab.config import SessionConfig
 from worldlab.engine import Session
-from worldlab.transport import ice, protocol
+from worldlab.transport import ice, protocol, shedding
 from worldlab.transport.caps import CapExceeded, CostControls
 
 ROOM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -107,14 +107,19 @@ class RoomRegistry:
     def get(self, room_id) -> Room | None:
         return self.live.get(room_id)
 
-    def reserve(self, room_id: str | None, tenant: str | None) -> str:
+    def reserve(self, room_id: str | None, tenant: str | None, scheduler=None) -> str:
         """A free id (random and unguessable without `room_id`) and a session slot, or OfferError 409
-        room_taken / 503 server_full / the caps' refusal. Release it with `release` once the room is added."""
+        room_taken / 503 server_full / 503 server_busy (load shedding, for a room on `scheduler`) / the caps'
+        refusal. Release it with `release` once the room is added."""
         if room_id is not None and (room_id in self.live or room_id in self._creating):
             raise OfferError(409, "room_taken", f"room {room_id!r} already has a player")
         if len(self.live) + len(self._creating) >= self.cfg.max_sessions:
             raise OfferError(503, "server_full", f"the server is full ({self.cfg.max_sessions} live sessions); "
                                                  "try again later")
+        if (why := shedding.busy_reason(self.cfg, scheduler, self.live.values(), len(self._creating))) is not None:
+            self.caps.hits["server_busy"] += 1
+            raise OfferError(503, "server_busy", f"the server is busy ({why}); try again later",
+                             shedding.RETRY_AFTER_S)
         try:
             self.caps.admit(room_id, tenant, [r.tenant for r in self.live.values()] + list(self._creating.values()))
         except CapExceeded as exc:
