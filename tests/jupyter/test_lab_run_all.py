@@ -139,7 +139,8 @@ def test_relay_route_refuses_without_jupyter_auth(lab):
     runtime = pathlib.Path(work) / "runtime"
     runtime.mkdir(exist_ok=True)
     stale = secrets.token_urlsafe(16)
-    (runtime / f"worldlab-player-{stale}.json").write_text(json.dumps({"port": 9, "secret": "s", "pid": 2 ** 22 + 7}))
+    (runtime / f"worldlab-player-{stale}.json").write_text(json.dumps({"port": 9, "secret": "s", "pid": 2 ** 22 + 7,
+                                                                        "max_offer_bytes": 1024}))
     status, body = get(stale)
     assert status == 404 and body["error"]["code"] == "kernel_gone", body
     assert not (runtime / f"worldlab-player-{stale}.json").exists()

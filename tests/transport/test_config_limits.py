@@ -149,6 +149,8 @@ def post(p, action: str, raw: bytes):
 
 def test_widget_endpoint_refuses_an_offer_over_the_configured_size(player):
     assert player.hub.cfg.max_offer_bytes == MAX_OFFER
+    # The Jupyter server's relay checks a body against the Player's limit it finds in the announcement.
+    assert registry.lookup(player.player_id)[0]["max_offer_bytes"] == MAX_OFFER
     over = json.dumps({"type": "offer", "sdp": "v=0" + "x" * MAX_OFFER}).encode()
     assert post(player, "offer", over) == (413, "too_large")
     under = json.dumps({"type": "offer", "sdp": "nope"}).encode()  # within the limit: it reaches SDP checks

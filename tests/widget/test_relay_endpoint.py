@@ -78,7 +78,7 @@ def test_announcement_lifecycle_and_endpoint_stops_with_last_player(runtime_dir)
         path = runtime_dir / f"worldlab-player-{p.player_id}.json"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         entry = json.loads(path.read_text())
-        assert entry == {"port": port, "secret": ep.secret, "pid": os.getpid()}
+        assert entry == {"port": port, "secret": ep.secret, "pid": os.getpid(), "max_offer_bytes": 64 * 1024}
         assert not list(runtime_dir.glob(".worldlab-*"))  # the atomic write left no temp file
         found, state = registry.lookup(p.player_id)
         assert state == "ok" and found == entry
@@ -234,14 +234,14 @@ def test_a_stale_file_of_a_dead_kernel_is_kernel_gone_and_removed(runtime_dir):
     pid = "stale_player_id_0123456789"
     runtime_dir.mkdir(parents=True, exist_ok=True)
     path = runtime_dir / f"worldlab-player-{pid}.json"
-    path.write_text(json.dumps({"port": 45678, "secret": "s" * 43, "pid": 2**22 + 7}))
+    path.write_text(json.dumps({"port": 45678, "secret": "s" * 43, "pid": 2**22 + 7, "max_offer_bytes": 1024}))
     assert registry.lookup(pid) == (None, "kernel_gone")
     assert not path.exists()
     assert registry.lookup(pid) == (None, "unknown")
     # A live pid (this process) with the same shape is "ok"; a malformed file is "unknown" and left alone.
-    entry = {"port": 45678, "secret": "s" * 43, "pid": os.getpid()}
+    entry = {"port": 45678, "secret": "s" * 43, "pid": os.getpid(), "max_offer_bytes": 1024}
     path.write_text(json.dumps(entry))
     assert registry.lookup(pid) == (entry, "ok")
-    path.write_text(json.dumps({"port": "45678", "secret": "s", "pid": os.getpid()}))
+    path.write_text(json.dumps({"port": "45678", "secret": "s", "pid": os.getpid(), "max_offer_bytes": 1024}))
     assert registry.lookup(pid) == (None, "unknown") and path.exists()
     assert registry.lookup("../../etc/passwd") == (None, "unknown")

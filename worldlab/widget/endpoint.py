@@ -49,7 +49,7 @@ class KernelEndpoint:
         if self.runner is None:
             self.media.call(self._start(), timeout=30)
         self.players[player.player_id] = player
-        registry.announce(player.player_id, self.port, self.secret)
+        registry.announce(player.player_id, self.port, self.secret, player.hub.cfg.max_offer_bytes)
 
     def unregister(self, player, kernel_exit: bool = False) -> None:
         (registry.retire if kernel_exit else registry.withdraw)(player.player_id)

@@ -27,14 +27,15 @@ def _path(player_id: str) -> pathlib.Path:
     return runtime_dir() / f"{PREFIX}{player_id}.json"
 
 
-def announce(player_id: str, port: int, secret: str) -> pathlib.Path:
-    """Write the file atomically with mode 0600 (the secret must not be readable by other users)."""
+def announce(player_id: str, port: int, secret: str, max_offer_bytes: int) -> pathlib.Path:
+    """Write the file atomically with mode 0600 (the secret must not be readable by other users).
+    `max_offer_bytes`: the Player's own body limit, which the relay applies before it forwards a request."""
     path = _path(player_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".worldlab-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump({"port": port, "secret": secret, "pid": os.getpid()}, f)
+            json.dump({"port": port, "secret": secret, "pid": os.getpid(), "max_offer_bytes": max_offer_bytes}, f)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -77,7 +78,8 @@ def lookup(player_id: str) -> tuple[dict | None, str]:
         withdraw(player_id)  # said once; the widget remembers
         return None, "kernel_gone"
     if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in
-                                              (("port", int), ("secret", str), ("pid", int))):
+                                              (("port", int), ("secret", str), ("pid", int),
+                                               ("max_offer_bytes", int))):
         return None, "unknown"
     if not _alive(entry["pid"]):
         withdraw(player_id)

@@ -14,7 +14,6 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import httpclient, web
 
-from worldlab.config import SessionConfig
 from worldlab.widget import registry
 
 ACTIONS = ("offer", "toggle", "view_closed")
@@ -34,25 +33,32 @@ class PlayerRelay(APIHandler):
     async def get(self, player_id: str, action: str | None = None):
         if action is not None:
             return self._error(405, "method_not_allowed", f"use POST for {action}")
-        await self._relay(player_id, "GET", "", None)
+        if (entry := self._lookup(player_id)) is not None:
+            await self._relay(entry, player_id, "GET", "", None)
 
     @web.authenticated
     @authorized
     async def post(self, player_id: str, action: str | None = None):
         if action not in ACTIONS:
             return self._error(404, "unknown_action", f"POST one of {ACTIONS}")
-        limit = SessionConfig.max_offer_bytes
+        if (entry := self._lookup(player_id)) is None:
+            return
+        limit = entry["max_offer_bytes"]  # the Player's own limit (its config), checked before its kernel is bothered
         if len(self.request.body) > limit:
             return self._error(413, "too_large", f"body exceeds {limit} bytes")
-        await self._relay(player_id, "POST", "/" + action, self.request.body or b"{}")
+        await self._relay(entry, player_id, "POST", "/" + action, self.request.body or b"{}")
 
-    async def _relay(self, player_id: str, method: str, suffix: str, body: bytes | None) -> None:
+    def _lookup(self, player_id: str) -> dict | None:
+        """The live player's announcement, or None with the 404 sent."""
         entry, why = registry.lookup(player_id)  # a malformed id is "unknown" there: no path is built from it
         if why == "kernel_gone":
-            return self._error(404, "kernel_gone", KERNEL_GONE)
-        if entry is None:
-            return self._error(404, "gone", "no live worldlab player with this id (closed, or never existed); "
-                                            "run the Player cell again")
+            self._error(404, "kernel_gone", KERNEL_GONE)
+        elif entry is None:
+            self._error(404, "gone", "no live worldlab player with this id (closed, or never existed); "
+                                     "run the Player cell again")
+        return entry
+
+    async def _relay(self, entry: dict, player_id: str, method: str, suffix: str, body: bytes | None) -> None:
         req = httpclient.HTTPRequest(
             f"http://127.0.0.1:{entry['port']}/players/{player_id}{suffix}", method=method, body=body,
             headers={registry.SECRET_HEADER: entry["secret"], "Content-Type": "application/json"},
