@@ -21,8 +21,12 @@ RETRY_AFTER_S = 2.0
 def busy_reason(cfg: SessionConfig, scheduler, rooms, starting: int = 0, now: float | None = None) -> str | None:
     """Why a new player must wait (one line), or None. `rooms`: the live rooms (each with .session and
     .scheduler); `starting`: slots reserved for rooms being made; `scheduler`: the one a new room would use."""
+    if not (cfg.shed_below_fps or cfg.shed_model_load):
+        return None  # the default: every offer passes here, so nothing is asked of the rooms
     now = time.monotonic() if now is None else now
-    stepped = [r for r in rooms if r.scheduler is not None and r.scheduler.stepping(r.session)]
+    stepped, waiting = [], []  # one stepping() call (a lock) per room
+    for r in rooms:
+        (stepped if r.scheduler is not None and r.scheduler.stepping(r.session) else waiting).append(r)
     if cfg.shed_below_fps > 0:
         for r in stepped:
             s = r.session
@@ -33,8 +37,8 @@ def busy_reason(cfg: SessionConfig, scheduler, rooms, starting: int = 0, now: fl
     if cfg.shed_model_load > 0 and scheduler is not None:
         mine = sum(r.scheduler is scheduler for r in stepped)
         if mine:
-            fresh = sum(r.scheduler is scheduler and not r.scheduler.stepping(r.session)
-                        and now - r.session.origin < SETTLED_S for r in rooms)  # offers about to connect
+            fresh = sum(r.scheduler is scheduler and now - r.session.origin < SETTLED_S
+                        for r in waiting)  # offers about to connect
             # Linear in sessions: a batched step grows slower than that, so this errs on the side of refusing.
             projected = scheduler.load() * (mine + fresh + starting + 1) / mine
             if projected > cfg.shed_model_load:
